@@ -1,0 +1,1 @@
+"""Postgres access: the embedded server, engines, models and migrations."""
