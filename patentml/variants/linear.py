@@ -1,0 +1,180 @@
+"""TF-IDF + one-vs-rest logistic regression: the cheap challenger our deep models must beat.
+
+Stored without pickle: the vectorizer's vocabulary (JSON), its idf and the coefficients (a sparse
+matrix as three arrays) in safetensors; loading rebuilds the scikit-learn objects from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from patentml.artifact import load_arrays, save_arrays
+from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, label_matrix
+
+log = logging.getLogger(__name__)
+
+VOCAB_FILE = "tfidf_vocabulary.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+
+class TfidfLinear(Backend):
+    """Word uni+bigram TF-IDF, one logistic regression per label."""
+
+    name = "tfidf"
+    DEFAULTS = {
+        "max_features": 200_000,
+        "min_df": 2,
+        "ngram_max": 2,
+        "sublinear_tf": True,
+        "C": 10.0,
+        "class_weight": None,
+        #: Coefficients below this magnitude are dropped from the artifact (size; scores barely move).
+        "prune": 1e-4,
+        "max_tokens": 250,
+    }
+
+    def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
+        super().__init__(labels, params)
+        self.vocabulary: dict[str, int] = {}
+        self.idf: np.ndarray | None = None
+        self.coef: Any = None  # scipy.sparse.csr_matrix (labels, features)
+        self.intercept: np.ndarray | None = None
+
+    def _make_vectorizer(self) -> Any:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        from patentml.text import tokenize
+
+        max_tokens = int(self.params["max_tokens"])
+        return TfidfVectorizer(
+            # The paper's tokens (lower-cased words, 250 cap), so every variant sees the same text.
+            tokenizer=lambda t: tokenize(t, max_tokens),
+            token_pattern=None,
+            lowercase=False,
+            ngram_range=(1, int(self.params["ngram_max"])),
+            min_df=int(self.params["min_df"]),
+            max_features=int(self.params["max_features"]),
+            sublinear_tf=bool(self.params["sublinear_tf"]),
+            dtype=np.float32,
+        )
+
+    def _fit(self, train: Corpus, valid: Corpus, ctx: FitContext) -> None:
+        import scipy.sparse as sp
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+
+        started = time.perf_counter()
+        texts, doc_labels = [], []
+        for _, text, labels in train:
+            texts.append(text)
+            doc_labels.append(labels)
+        y = label_matrix(doc_labels, self.labels).astype(np.int8)
+        vectorizer = self._make_vectorizer()
+        x = vectorizer.fit_transform(texts)
+        self.vocabulary = {t: int(i) for t, i in vectorizer.vocabulary_.items()}
+        self.idf = vectorizer.idf_.astype(np.float32)
+        clf = OneVsRestClassifier(
+            LogisticRegression(
+                C=float(self.params["C"]),
+                solver="liblinear",
+                class_weight=self.params["class_weight"],
+                max_iter=200,
+            ),
+            n_jobs=None,
+        )
+        clf.fit(x, y)
+        coef = np.vstack([e.coef_ for e in clf.estimators_]).astype(np.float32)  # (labels, features)
+        coef[np.abs(coef) < float(self.params["prune"])] = 0.0
+        self.coef = sp.csr_matrix(coef)
+        self.intercept = np.array([e.intercept_[0] for e in clf.estimators_], dtype=np.float32)
+        seconds = time.perf_counter() - started
+        ctx.on_epoch(EpochLog(1, float("nan"), None, None, None, seconds, len(texts) / max(seconds, 1e-9)))
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        """TF-IDF rows (n, features), l2-normalised: scikit-learn's transform, without importing it.
+
+        Prediction only needs the vocabulary and idf; doing it here keeps a cold start free of
+        scikit-learn's import time. A test checks it against ``TfidfVectorizer.transform``.
+        """
+        import scipy.sparse as sp
+
+        from patentml.text import tokenize
+
+        max_tokens = int(self.params["max_tokens"])
+        ngram_max = int(self.params["ngram_max"])
+        vocab = self.vocabulary
+        indptr, indices, data = [0], [], []
+        for text in texts:
+            words = tokenize(text, max_tokens)
+            counts: dict[int, int] = {}
+            for n in range(1, ngram_max + 1):
+                for i in range(len(words) - n + 1):
+                    j = vocab.get(words[i] if n == 1 else " ".join(words[i : i + n]))
+                    if j is not None:
+                        counts[j] = counts.get(j, 0) + 1
+            cols = np.fromiter(counts.keys(), dtype=np.int32, count=len(counts))
+            tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+            if self.params["sublinear_tf"]:
+                tf = 1.0 + np.log(tf)
+            w = tf * self.idf[cols]
+            norm = float(np.sqrt((w * w).sum()))
+            indices.append(cols)
+            data.append(w / norm if norm > 0 else w)
+            indptr.append(indptr[-1] + len(cols))
+        return sp.csr_matrix(
+            (np.concatenate(data) if data else np.zeros(0, np.float32),
+             np.concatenate(indices) if indices else np.zeros(0, np.int32),
+             np.asarray(indptr)),
+            shape=(len(texts), len(self.idf)),
+        )
+
+    def predict_scores(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        assert self.idf is not None and self.coef is not None, "fit or load the model first"
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            x = self.transform(texts[start : start + batch_size])
+            z = (x @ self.coef.T).toarray() + self.intercept  # (batch, labels)
+            out[start : start + batch_size] = _sigmoid(z)
+        return out
+
+    def n_params(self) -> int:
+        return 0 if self.coef is None else int(self.coef.nnz + len(self.intercept))
+
+    def _save(self, folder: Path) -> None:
+        terms = [""] * len(self.vocabulary)
+        for term, idx in self.vocabulary.items():
+            terms[idx] = term
+        (folder / VOCAB_FILE).write_text(json.dumps(terms))
+        save_arrays(
+            folder / WEIGHTS_FILE,
+            {
+                "idf": self.idf,
+                "coef_data": self.coef.data.astype(np.float32),
+                "coef_indices": self.coef.indices.astype(np.int32),
+                "coef_indptr": self.coef.indptr.astype(np.int64),
+                "intercept": self.intercept,
+            },
+        )
+
+    def _load(self, folder: Path) -> None:
+        import scipy.sparse as sp
+
+        terms = json.loads((folder / VOCAB_FILE).read_text())
+        arrays = load_arrays(folder / WEIGHTS_FILE)
+        self.vocabulary = {t: i for i, t in enumerate(terms)}
+        self.idf = arrays["idf"]
+        self.coef = sp.csr_matrix(
+            (arrays["coef_data"], arrays["coef_indices"], arrays["coef_indptr"]),
+            shape=(len(self.labels), len(terms)),
+        )
+        self.intercept = arrays["intercept"]
