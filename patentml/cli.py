@@ -135,6 +135,90 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- splits, train, evaluate, report ---------------------------------------------------------
+
+
+def cmd_splits_rebuild(args: argparse.Namespace) -> int:
+    from patentml.splits import format_stats, rebuild
+
+    settings = _settings(args)
+    info = rebuild(_engine(args), args.label_scheme or settings.label_scheme)
+    state = "new" if info.changed else "unchanged corpus, reused"
+    print(f"snapshot {info.snapshot_id} ({info.label_scheme} labels, {state})")
+    print(format_stats(info.stats))
+    return 0
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are parsed as JSON when they can be (numbers, lists, true/false/null)."""
+    from patentml.exceptions import ConfigError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from patentml.train import resume, train
+
+    settings = _settings(args)
+    if args.threads:
+        settings = settings.replace(threads=args.threads)
+    if args.device:
+        settings = settings.replace(device=args.device)
+    if not args.resume and not args.variant:
+        from patentml.exceptions import ConfigError
+
+        raise ConfigError("give --variant (e.g. glove-wbce-full) or --resume RUN")
+    engine = _engine(args)
+    if args.resume:
+        run_id = resume(args.resume, settings, progress=not args.quiet, engine=engine)
+    else:
+        run_id = train(
+            args.variant, settings, epochs=args.epochs, batch_size=args.batch_size, alpha=args.alpha, lr=args.lr,
+            seed=args.seed, overrides=_overrides(args.set), snapshot_id=args.snapshot, progress=not args.quiet,
+            engine=engine,
+        )
+    print(f"run {run_id} succeeded")
+    if args.evaluate:
+        return _evaluate(engine, run_id, settings)
+    return 0
+
+
+def _evaluate(engine: Any, run_id: int, settings: Any) -> int:
+    from patentml.evaluate import evaluate_run
+
+    summary = evaluate_run(engine, run_id, settings)
+    print(f"run {run_id} ({summary['variant']}) on {summary['n_patents']} test patents, "
+          f"{summary['patents_per_second']:,.0f} patents/s:")
+    for rule, m in summary["rules"].items():
+        print(f"  {rule:>9}: P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}  "
+              f"P@1 {m['p_at_1']:.4f}  R@5 {m['r_at_5']:.4f}  empty {m['empty_share']:.3f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    engine = _engine(args)
+    for run_id in args.runs:
+        _evaluate(engine, run_id, settings)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from patentml.report import full_report
+
+    print(full_report(_engine(args), label=args.label, snapshot_id=args.snapshot))
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -176,6 +260,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the batch summaries as JSON")
 
+    sp = sub.add_parser("splits", help="dataset snapshots: full/subset, train/valid/test",
+                        description="Dataset snapshots")
+    spsub = sp.add_subparsers(dest="splits_command", metavar="ACTION")
+    p = _add(spsub, "rebuild", cmd_splits_rebuild, "build a snapshot of the current corpus (reused if unchanged)")
+    p.add_argument("--label-scheme", choices=["CPC", "IPC", "CPC+IPC"],
+                   help="labels that feed training (default PATENTML_LABEL_SCHEME, CPC)")
+
+    p = _add(sub, "train", cmd_train, "train one variant (encoder-loss-dataset, e.g. glove-wbce-full)")
+    p.add_argument("--variant", help="e.g. glove-wbce-full, bert-bce-subset, tfidf-full")
+    p.add_argument("--resume", type=int, metavar="RUN", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--epochs", type=int, help="training epochs (paper: 20)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--alpha", type=float, help="weight of the positive term in weighted BCE (paper: 2)")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--snapshot", type=int, help="snapshot id (default: the latest)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any backend setting, e.g. --set num_filters=256 --set trainable_embeddings=true")
+    p.add_argument("--threads", type=int, help="CPU threads (PATENTML_THREADS; default: one per core)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="PATENTML_DEVICE")
+    p.add_argument("--evaluate", action="store_true", help="evaluate on the test split when done")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = _add(sub, "evaluate", cmd_evaluate, "evaluate runs on the test split and store the metrics")
+    p.add_argument("runs", nargs="+", type=int, metavar="RUN")
+
+    p = _add(sub, "report", cmd_report, "the paper's tables (1-3, and 4 with --label) as markdown")
+    p.add_argument("--label", help="subclass for Table 4 (label co-occurrence), e.g. A01H")
+    p.add_argument("--snapshot", type=int, help="only runs on this snapshot (default: the latest)")
     return parser
 
 

@@ -255,7 +255,7 @@ class RunEpoch(Base):
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    train_loss: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float)
     valid_loss: Mapped[float | None] = mapped_column(Float)
     valid_f1: Mapped[float | None] = mapped_column(Float)
     valid_p_at_1: Mapped[float | None] = mapped_column(Float)

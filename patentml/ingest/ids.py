@@ -48,7 +48,7 @@ def canonical_patent_id(raw: str) -> str:
 
 
 def normalise_label(raw: str) -> str | None:
-    """The subclass (``H04L``) of a label such as ``h04l``, ``H04L 29/06`` or ``H04L0029060000``; None if it is not one."""
+    """The subclass (``H04L``) of ``h04l``, ``H04L 29/06``, ``H04L0029060000``...; None if it is not a label."""
     if not isinstance(raw, str):
         return None
     match = _LABEL.match(raw.strip().upper())

@@ -222,7 +222,7 @@ def _tsv_header(head_bytes: bytes) -> list[str]:
 
 
 def detect_format(path: str | Path | StreamRef, head_bytes: bytes) -> str:
-    """The format of a stream from its name, else its first bytes; ``UnknownFormatError`` naming it if neither tells."""
+    """The format of a stream from its name, else its first bytes; ``UnknownFormatError`` naming it otherwise."""
     name = path.name if isinstance(path, StreamRef) else str(path)
     base = path.base_name if isinstance(path, StreamRef) else strip_compression(Path(name).name)
     for pattern, fmt in _NAME_PATTERNS:

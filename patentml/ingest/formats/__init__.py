@@ -43,7 +43,9 @@ _STREAM_PARSERS: dict[str, Callable[[], Parser]] = {
 def get_parser(fmt: str) -> Parser:
     """The parser of a single-stream format (every format but ``patentsview``, which joins three)."""
     if fmt == "patentsview":
-        raise IngestError("patentsview joins three tables: use iter_items() on a planned unit or parse_patentsview()")
+        raise IngestError(
+            "patentsview joins three tables: use iter_items() on a planned unit or parse_patentsview()"
+        )
     if fmt not in _STREAM_PARSERS:
         raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return _STREAM_PARSERS[fmt]()
@@ -67,7 +69,9 @@ def iter_items(unit: SourceUnit, **patentsview_options: Any) -> Iterator[Item]:
         yield from guarded(parser(stream, unit.name), unit.name)
 
 
-def parse_sources(specs: Sequence[str | Path], forced_format: str | None = None) -> Iterator[tuple[SourceUnit, Item]]:
+def parse_sources(
+    specs: Sequence[str | Path], forced_format: str | None = None
+) -> Iterator[tuple[SourceUnit, Item]]:
     """Every item of every source in ``specs`` with the unit it came from: a convenience over plan + iter."""
     for unit in plan_sources(specs, forced_format):
         for item in iter_items(unit):

@@ -1,4 +1,4 @@
-"""JSON Lines: one patent object per line (``id``, ``title``, ``abstract``, ``labels``, ``label_scheme``, ``date``)."""
+"""JSON Lines: one object per line with ``id``, ``title``, ``abstract``, ``labels``, ``label_scheme``, ``date``."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def record_from_object(obj: dict[str, Any], source: str, position: str, text: st
     if abstract is None:
         return _reject(source, position, "null abstract", text, patent_id)
     if not isinstance(abstract, str):
-        return _reject(source, position, f"abstract is a JSON {type(abstract).__name__}, not a string", text, patent_id)
+        reason = f"abstract is a JSON {type(abstract).__name__}, not a string"
+        return _reject(source, position, reason, text, patent_id)
     if not abstract.strip():
         return _reject(source, position, "empty abstract", text, patent_id)
 
@@ -93,7 +94,8 @@ def record_from_object(obj: dict[str, Any], source: str, position: str, text: st
     if raw_labels is None:
         return _reject(source, position, "missing labels", text, patent_id)
     if not isinstance(raw_labels, list):
-        return _reject(source, position, f"labels is a JSON {type(raw_labels).__name__}, not a list", text, patent_id)
+        reason = f"labels is a JSON {type(raw_labels).__name__}, not a list"
+        return _reject(source, position, reason, text, patent_id)
     labels, dropped = split_labels(raw_labels)
     if not labels:
         got = f"got {dropped!r}" if dropped else "the list is empty"

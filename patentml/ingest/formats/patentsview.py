@@ -1,4 +1,4 @@
-"""PatentsView bulk TSV: ``g_patent``, ``g_patent_abstract`` and ``g_cpc_current`` joined on patent id by external merge sort."""
+"""PatentsView bulk TSV: three tables joined on patent id by an external merge sort, in bounded memory."""
 
 from __future__ import annotations
 
@@ -117,7 +117,8 @@ def _read_table(
                     continue
                 if _SURROGATE.search(joined):
                     shown = joined.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                    rejects.add(RejectedRecord(source, f"{table} line {start}", "row is not valid UTF-8", snippet(shown)))
+                    position = f"{table} line {start}"
+                    rejects.add(RejectedRecord(source, position, "row is not valid UTF-8", snippet(shown)))
                     continue
                 last = f"{table} line {start}"
                 yield start, [row[i].strip() if i is not None else None for i in index]
@@ -178,7 +179,8 @@ def _cpc_rows(ref: StreamRef, source: str, rejects: _Spool) -> Iterator[Row]:
             # Without a sequence column the file order is the order; line numbers keep it.
             order = int(sequence) if sequence not in (None, "") else line
         except ValueError:
-            rejects.add(RejectedRecord(source, f"{table} line {line}", f"cpc_sequence {sequence!r} is not a number"))
+            reason = f"cpc_sequence {sequence!r} is not a number"
+            rejects.add(RejectedRecord(source, f"{table} line {line}", reason))
             continue
         yield key, order, line, cpc_code(section, cpc_class, subclass, group)
 
@@ -358,4 +360,5 @@ def parse_patentsview(
         abstracts = _Cursor(external_sort(_abstract_rows(refs[1], source, rejects), folder, chunk_bytes), 1)
         cpcs = _Cursor(external_sort(_cpc_rows(refs[2], source, rejects), folder, chunk_bytes), 2)
         yield from rejects.read()
-        yield from _join(patents, abstracts, cpcs, tuple(r.base_name for r in refs), source)  # type: ignore[arg-type]
+        tables = (refs[0].base_name, refs[1].base_name, refs[2].base_name)
+        yield from _join(patents, abstracts, cpcs, tables, source)

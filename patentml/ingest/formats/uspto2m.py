@@ -1,4 +1,4 @@
-"""USPTO-2M: one JSON array per year (``<YEAR>_USPTO.json``) of ``No``/``Title``/``Abstract``/``Subclass_labels`` records."""
+"""USPTO-2M: one JSON array per year (``<YEAR>_USPTO.json``) of ``No``, ``Title``, ``Abstract``, labels."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def record_from_object(obj: Any, source: str, position: str) -> Item:
     """A USPTO-2M element as a record (scheme CPC), or the first reason it cannot be used."""
     text = json.dumps(obj, ensure_ascii=False)
     if not isinstance(obj, dict):
-        return RejectedRecord(source, position, f"expected a JSON object, got a JSON {type(obj).__name__}", snippet(text))
+        reason = f"expected a JSON object, got a JSON {type(obj).__name__}"
+        return RejectedRecord(source, position, reason, snippet(text))
     raw_id = obj.get("No")
     if not isinstance(raw_id, str) or not raw_id.strip():
         return RejectedRecord(source, position, "missing No (patent number)", snippet(text))

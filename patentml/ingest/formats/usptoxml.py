@@ -1,4 +1,4 @@
-"""USPTO full-text XML (weekly ``ipgYYMMDD.xml`` grants, ``ipaYYMMDD.xml`` applications): concatenated documents."""
+"""USPTO full-text XML: weekly ``ipgYYMMDD.xml`` grants and ``ipaYYMMDD.xml`` applications, many documents each."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ _BLOCKS = {"p", "heading", "li", "ul", "ol", "br", "table", "row", "entry", "mat
 
 @dataclass
 class _Document:
-    """One document cut out of the concatenated file; ``data`` is empty once we know we will not parse it."""
+    """One document cut out of the concatenated file; ``chunks`` stay empty once we know we will not parse it."""
 
     number: int
     line: int
@@ -188,7 +188,8 @@ def _record(root: ET.Element, source: str, position: str) -> Item:
     dropped = cpc_dropped + ipc_dropped
     if not labels:
         got = f" (got {dropped!r})" if dropped else ""
-        return RejectedRecord(source, position, f"no valid CPC or IPC classification{got}", snippet(title), patent_id)
+        reason = f"no valid CPC or IPC classification{got}"
+        return RejectedRecord(source, position, reason, snippet(title), patent_id)
     return PatentRecord(
         patent_id=patent_id,
         abstract=abstract,

@@ -143,7 +143,7 @@ def upgrade() -> None:
     op.create_table('run_epochs',
     sa.Column('run_id', sa.Integer(), nullable=False),
     sa.Column('epoch', sa.Integer(), nullable=False),
-    sa.Column('train_loss', sa.Float(), nullable=False),
+    sa.Column('train_loss', sa.Float(), nullable=True),
     sa.Column('valid_loss', sa.Float(), nullable=True),
     sa.Column('valid_f1', sa.Float(), nullable=True),
     sa.Column('valid_p_at_1', sa.Float(), nullable=True),
