@@ -192,10 +192,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(engine: Any, run_id: int, settings: Any) -> int:
+def _evaluate(engine: Any, run_id: int, settings: Any, snapshot_id: int | None = None) -> int:
     from patentml.evaluate import evaluate_run
 
-    summary = evaluate_run(engine, run_id, settings)
+    summary = evaluate_run(engine, run_id, settings, snapshot_id=snapshot_id)
     print(f"run {run_id} ({summary['variant']}) on {summary['n_patents']} test patents, "
           f"{summary['patents_per_second']:,.0f} patents/s:")
     for rule, m in summary["rules"].items():
@@ -208,7 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = _engine(args)
     for run_id in args.runs:
-        _evaluate(engine, run_id, settings)
+        _evaluate(engine, run_id, settings, args.snapshot)
     return 0
 
 
@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "evaluate", cmd_evaluate, "evaluate runs on the test split and store the metrics")
     p.add_argument("runs", nargs="+", type=int, metavar="RUN")
+    p.add_argument("--snapshot", type=int,
+                   help="score on another snapshot's test split (printed, not stored), e.g. CPC-only")
 
     p = _add(sub, "report", cmd_report, "the paper's tables (1-3, and 4 with --label) as markdown")
     p.add_argument("--label", help="subclass for Table 4 (label co-occurrence), e.g. A01H")

@@ -269,7 +269,7 @@ class _CNNBackend(Backend):
                 scaler.update()
                 if scheduler is not None:
                     scheduler.step()
-                total += float(loss) * len(rows)
+                total += float(loss.detach()) * len(rows)
                 seen += len(rows)
                 bar.set_postfix(loss=f"{total / seen:.4f}", pps=f"{seen / (time.perf_counter() - started):.0f}")
             train_seconds = time.perf_counter() - started
