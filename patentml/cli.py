@@ -219,6 +219,106 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- promote, predict, models -------------------------------------------------------------------
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from patentml.promote import decision_as_text, promote, rollback
+
+    settings = _settings(args)
+    engine = _engine(args)
+    if args.rollback:
+        if args.runs or args.margin is not None or args.metric:
+            from patentml.exceptions import ConfigError
+
+            raise ConfigError("--rollback takes no runs, --margin or --metric")
+        result = rollback(settings, engine=engine)
+    else:
+        result = promote(settings, run_ids=args.runs or None, margin=args.margin, metric=args.metric, engine=engine)
+    if args.json:
+        print(json.dumps(result, default=str, indent=2))
+    else:
+        print(decision_as_text(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from patentml.exceptions import ConfigError
+    from patentml.predict import Predictor, count_lines, predict_stream, write_lines
+
+    settings = _settings(args)
+    texts = list(args.text or [])
+    source = args.file
+    if texts == ["-"]:
+        texts, source = [], "-"
+    if texts and source:
+        raise ConfigError("give TEXT arguments or --file, not both")
+    if not texts and not source:
+        if sys.stdin.isatty():
+            raise ConfigError("give TEXT, --file FILE (JSON Lines or one abstract per line), or pipe text on stdin")
+        source = "-"
+    if args.top_k < 0:
+        raise ConfigError("--top-k must be 0 or more")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    predictor = Predictor.open(settings, model_id=args.model, artifact=args.artifact)
+    log.info("Predicting with %s", predictor.source)
+    out = sys.stdout
+    if texts:
+        errors = write_lines(predictor.predict(texts, top_k=args.top_k, batch_size=args.batch_size), out)
+        return 0 if errors < len(texts) else 1
+    fmt = args.format
+    if source == "-":
+        summary = predict_stream(predictor, sys.stdin, out, fmt=fmt, top_k=args.top_k, batch_size=args.batch_size,
+                                 progress=args.progress == "on")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"input file {path} does not exist")
+        show = args.progress != "off"
+        total = count_lines(path) if show else None
+        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+            summary = predict_stream(predictor, fh, out, fmt=fmt, top_k=args.top_k, batch_size=args.batch_size,
+                                     total=total, progress=show)
+    if summary["errors"]:
+        log.warning("%d of %d lines could not be predicted (see their \"error\" fields)", summary["errors"],
+                    summary["lines"])
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from patentml.promote import list_models
+
+    settings = _settings(args)
+    engine = None
+    if not args.no_db:
+        engine = _engine(args)
+    models = list_models(settings, engine=engine)
+    if args.json:
+        print(json.dumps(models, default=str, indent=2))
+        return 0
+    from patentml.store import open_store
+
+    print(f"models in {open_store(settings).uri}:")
+    if not models:
+        print("  (none)")
+        return 0
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    header = f"  {'':1} {'model id':<40} {'variant':<18} {'run':>5} {'snap':>5} {'F1':>7} {'P@1':>7}  note"
+    print(header)
+    for m in models:
+        note = "champion" if m["champion"] else ("" if m["registered"] else "not registered (no models row)")
+        print(f"  {'*' if m['champion'] else ' ':1} {m['model_id']:<40} {str(m.get('variant') or '-'):<18} "
+              f"{str(m.get('run_id') or '-'):>5} {str(m.get('snapshot_id') or '-'):>5} "
+              f"{num(m.get('f1')):>7} {num(m.get('p_at_1')):>7}  {note}")
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -291,6 +391,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "report", cmd_report, "the paper's tables (1-3, and 4 with --label) as markdown")
     p.add_argument("--label", help="subclass for Table 4 (label co-occurrence), e.g. A01H")
     p.add_argument("--snapshot", type=int, help="only runs on this snapshot (default: the latest)")
+
+    p = _add(sub, "promote", cmd_promote,
+             "promote the best challenger if it beats the champion by the margin (or --rollback)")
+    p.add_argument("runs", nargs="*", type=int, metavar="RUN",
+                   help="candidate runs (default: the latest evaluated run of each full-dataset variant)")
+    p.add_argument("--margin", type=float, help="how much better the challenger must be (PATENTML_PROMOTION_MARGIN)")
+    p.add_argument("--metric", choices=["example_f1", "p_at_1"], help="selection metric (PATENTML_SELECTION_METRIC)")
+    p.add_argument("--rollback", action="store_true", help="restore the previous champion")
+    p.add_argument("--json", action="store_true", help="print the whole decision as JSON")
+
+    p = _add(sub, "predict", cmd_predict,
+             "predict CPC subclasses: JSON lines {id, labels, scores} for text, a file or stdin")
+    p.add_argument("text", nargs="*", metavar="TEXT", help="abstract(s) to classify; '-' reads stdin")
+    p.add_argument("--file", "-f", metavar="FILE",
+                   help="JSON Lines with id and abstract, or one abstract per line; '-' for stdin")
+    p.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto",
+                   help="input format of --file/stdin (default: detected from the first line)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="ID", help="a model id in the store (default: the champion)")
+    src.add_argument("--artifact", metavar="DIR", help="a local model folder (e.g. <home>/runs/<run>/artifact)")
+    p.add_argument("--top-k", type=int, default=5, help="scores to print per patent (default 5)")
+    p.add_argument("--batch-size", type=int, help="patents per forward pass (default: the model's own)")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="progress bar on stderr (auto: on for --file)")
+
+    mo = sub.add_parser("models", help="the model store: list", description="Model store commands")
+    mosub = mo.add_subparsers(dest="models_command", metavar="ACTION")
+    p = _add(mosub, "list", cmd_models_list, "list the models in the store with their scores; * marks the champion")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-db", action="store_true", help="do not read the registry (scores from metrics.json only)")
     return parser
 
 

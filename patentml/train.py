@@ -208,8 +208,11 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
             )
             conn.execute(text("UPDATE runs SET epochs_done = :e WHERE run_id = :r"), {"e": e.epoch, "r": run_id})
 
+    from patentml.embedcache import PgEmbeddingCache
+
     ctx = FitContext(work_dir=work_dir, device=device, seed=seed, progress=progress, cache_dir=settings.cache_dir,
-                     cache_key=f"snapshot{snapshot_id}-{dataset}", on_epoch=on_epoch)
+                     cache_key=f"snapshot{snapshot_id}-{dataset}", on_epoch=on_epoch,
+                     embedding_cache=PgEmbeddingCache(engine), engine=engine, snapshot_id=snapshot_id)
     try:
         train_corpus = SplitCorpus(engine, snapshot_id, dataset, "train")
         valid_corpus = SplitCorpus(engine, snapshot_id, dataset, "valid")

@@ -16,7 +16,7 @@ from patentml.train import artifact_path, resume, train
 from patentml.variants.base import load_backend
 from tests.toy import TOPICS, write_toy_jsonl
 
-TINY = {"num_filters": 16, "hidden": 32, "embed_dim": 16, "glove_path": "none", "eval_batch_size": 64}
+TINY = {"num_filters": 16, "hidden": 32, "embed_dim": 16, "glove_path": "random", "eval_batch_size": 64}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -376,3 +377,14 @@ class Promotion(Base):
     __table_args__ = (
         CheckConstraint("action IN ('first', 'promote', 'keep', 'rollback', 'none')", name="action"),
     )
+
+
+class TextEmbedding(Base):
+    """A cached sentence embedding (float16 bytes) of one text under one encoder."""
+
+    __tablename__ = "text_embeddings"
+
+    encoder: Mapped[str] = mapped_column(Text, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())

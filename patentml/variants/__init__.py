@@ -38,6 +38,9 @@ ENCODERS: dict[str, tuple[Callable[[], type["Backend"]], bool]] = {
     "glove": (_lazy("cnn", "GloveCNN"), True),
     "bert": (_lazy("cnn", "BertCNN"), True),
     "tfidf": (_lazy("linear", "TfidfLinear"), False),
+    "tfidf-svm": (_lazy("linear", "TfidfSVM"), False),
+    "embed-linear": (_lazy("embed", "EmbedLinear"), False),
+    "ensemble": (_lazy("ensemble", "Ensemble"), False),
 }
 
 

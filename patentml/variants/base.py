@@ -66,6 +66,11 @@ class FitContext:
     on_epoch: Callable[[EpochLog], None] = field(default=lambda e: None)
     #: Resume from the checkpoint in ``work_dir`` when there is one.
     resume: bool = True
+    #: Sentence-embedding cache (Postgres-backed in runs); None computes every vector.
+    embedding_cache: Any = None
+    #: The database and snapshot, for backends built from other runs (the ensemble).
+    engine: Any = None
+    snapshot_id: int | None = None
 
 
 @dataclass

@@ -342,7 +342,8 @@ class GloveCNN(_CNNBackend):
         "max_vocab": None,
         "trainable_embeddings": False,
         "embed_lr": None,
-        #: Without GloVe (``glove_path: "none"``), embeddings start random at this size (tests, ablations).
+        #: Without GloVe (``glove_path: "random"`` or ``"none"``), embeddings start random at this size
+        #: (tests, ablations); ``None`` means the packaged GloVe 6B 50d.
         "embed_dim": 50,
     }
 
@@ -371,7 +372,7 @@ class GloveCNN(_CNNBackend):
             max_size=None if p["max_vocab"] is None else int(p["max_vocab"]),
             max_length=max_tokens,
         )
-        if str(p["glove_path"]).lower() == "none":
+        if isinstance(p["glove_path"], str) and p["glove_path"].lower() in ("none", "random"):
             vectors = np.random.default_rng(ctx.seed).normal(0, 0.3, (len(self.vocab), int(p["embed_dim"])))
             known = np.ones(len(self.vocab), dtype=bool)
         else:
