@@ -77,43 +77,35 @@ def evaluate_run(engine: "Engine", run_id: int, settings: Settings | None = None
     full_scores = np.zeros(truth.shape, dtype=np.float32)
     full_scores[:, : scores.shape[1]] = scores
 
+    d = backend.decision
     rules = [PAPER_RULE]
-    if backend.decision.name != PAPER_RULE.name:
-        rules.append(DecisionRule(backend.decision.threshold, backend.decision.keep_top, None, "tuned"))
-    if backend.decision.per_label:
-        rules.append(backend.decision)
-    results: dict[str, Any] = {}
+    if d.name != PAPER_RULE.name:
+        rules.append(DecisionRule(d.threshold, d.keep_top, None, False, "tuned"))
+    if d.per_label:
+        rules.append(DecisionRule(d.threshold, d.keep_top, d.per_label, True, "per_label"))
+    measured = []
+    for rule in rules:
+        per_label = None
+        if rule.use_per_label:
+            # Test labels outside the model's label space get an unreachable threshold.
+            per_label = np.concatenate([np.asarray(rule.per_label, dtype=np.float64), np.full(n_unseen, 2.0)])
+        measured.append((rule, evaluate_scores(truth, full_scores, names, threshold=rule.threshold,
+                                               keep_top=rule.keep_top, per_label_thresholds=per_label)))
+    results = {rule.name: _headline(m) for rule, m in measured}
+    summary = {"run_id": run_id, "variant": run.variant, "split": split, "snapshot_id": snapshot_id or run.snapshot_id,
+               "n_patents": len(texts), "n_unseen_labels": n_unseen, "predict_seconds": predict_seconds,
+               "patents_per_second": len(texts) / max(predict_seconds, 1e-9), "chosen_rule": d.name, "rules": results}
     if cross:
-        for rule in rules:
-            per_label = None
-            if rule.per_label:
-                per_label = np.concatenate([np.asarray(rule.per_label, dtype=np.float64), np.full(n_unseen, 2.0)])
-            m = evaluate_scores(truth, full_scores, names, threshold=rule.threshold, keep_top=rule.keep_top,
-                                per_label_thresholds=per_label)
-            results[rule.name] = _headline(m)
-        return {"run_id": run_id, "variant": run.variant, "split": split, "snapshot_id": snapshot_id,
-                "n_patents": len(texts), "n_unseen_labels": n_unseen, "predict_seconds": predict_seconds,
-                "patents_per_second": len(texts) / max(predict_seconds, 1e-9), "rules": results}
+        return summary
     with engine.begin() as conn:
         for table in ("run_metrics", "section_metrics", "label_metrics", "predictions"):
             conn.execute(
                 text(f"DELETE FROM {table} WHERE run_id = :r" + ("" if table == "predictions" else " AND split = :s")),
                 {"r": run_id, "s": split},
             )
-        for rule in rules:
-            per_label = None
-            if rule.per_label:
-                per_label = np.concatenate([np.asarray(rule.per_label, dtype=np.float64), np.full(n_unseen, 2.0)])
-            m = evaluate_scores(truth, full_scores, names, threshold=rule.threshold, keep_top=rule.keep_top,
-                                per_label_thresholds=per_label)
+        for rule, m in measured:
             _store_metrics(conn, run_id, split, rule, m, n_unseen, predict_seconds)
-            results[rule.name] = _headline(m)
-        chosen = backend.decision
-        pred = chosen.apply(scores)
-        _store_predictions(conn, run_id, ids, doc_labels, pred, scores, backend.labels)
-    summary = {"run_id": run_id, "variant": run.variant, "split": split, "n_patents": len(texts),
-               "n_unseen_labels": n_unseen, "predict_seconds": predict_seconds,
-               "patents_per_second": len(texts) / max(predict_seconds, 1e-9), "rules": results}
+        _store_predictions(conn, run_id, ids, doc_labels, d.apply(scores), scores, backend.labels)
     if split == "test":
         # The artifact carries its own scores, so a model in the store says how good it is.
         save_json(folder / "metrics.json", summary)

@@ -65,8 +65,8 @@ def artifact_rule(decision: dict[str, Any] | None) -> str:
     """The ``run_metrics.rule`` row that matches what an artifact's decision rule does at prediction time."""
     if not decision:
         return "t0.5"
-    if decision.get("per_label"):
-        return str(decision.get("name") or "per_label")
+    if decision.get("per_label") and decision.get("use_per_label"):
+        return "per_label"
     return "t0.5" if decision.get("name") == "t0.5" else "tuned"
 
 

@@ -50,7 +50,9 @@ def test_glove_run_learns_and_records_everything(engine, glove_run) -> None:
         run = conn.execute(text("SELECT * FROM runs WHERE run_id = :r"), {"r": glove_run}).mappings().one()
         epochs = conn.execute(text("SELECT epoch, train_loss, valid_loss, valid_f1 FROM run_epochs "
                                    "WHERE run_id = :r ORDER BY epoch"), {"r": glove_run}).all()
-        tuned = conn.execute(text("SELECT * FROM run_metrics WHERE run_id = :r AND split = 'test' AND rule = 'tuned'"),
+        # predictions are stored under the rule the model applies (tuned, or per_label when it won)
+        tuned = conn.execute(text("SELECT m.* FROM run_metrics m JOIN runs r USING (run_id) WHERE run_id = :r "
+                                  "AND split = 'test' AND rule = r.decision_rule->>'name'"),
                              {"r": glove_run}).mappings().one()
         preds = conn.execute(text("SELECT true_labels, pred_labels FROM predictions WHERE run_id = :r"),
                              {"r": glove_run}).all()

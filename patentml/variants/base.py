@@ -75,15 +75,21 @@ class FitContext:
 
 @dataclass
 class DecisionRule:
-    """How scores become labels: a global threshold, optionally per-label ones, and keep-the-top-label."""
+    """How scores become labels: a global threshold, keep-the-top-label, and optionally per-label thresholds.
+
+    ``per_label`` holds thresholds chosen on validation; they are applied only when ``use_per_label``
+    (they are kept otherwise so the evaluation can report them beside the global rule).
+    """
 
     threshold: float = 0.5
     keep_top: bool = False
     per_label: list[float] | None = None
+    use_per_label: bool = False
     name: str = "t0.5"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "keep_top": self.keep_top, "per_label": self.per_label, "name": self.name}
+        return {"threshold": self.threshold, "keep_top": self.keep_top, "per_label": self.per_label,
+                "use_per_label": self.use_per_label, "name": self.name}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DecisionRule":
@@ -91,12 +97,14 @@ class DecisionRule:
             threshold=float(data.get("threshold", 0.5)),
             keep_top=bool(data.get("keep_top", False)),
             per_label=data.get("per_label"),
+            use_per_label=bool(data.get("use_per_label", False)),
             name=str(data.get("name", "custom")),
         )
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
         """Boolean (n, labels) decisions for probability scores (n, labels)."""
-        thresholds = np.asarray(self.per_label, dtype=np.float32) if self.per_label else self.threshold
+        use = self.use_per_label and self.per_label is not None
+        thresholds = np.asarray(self.per_label, dtype=np.float32) if use else self.threshold
         pred = scores >= thresholds
         if self.keep_top and scores.shape[1]:
             top = scores.argmax(axis=1)
