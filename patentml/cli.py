@@ -437,7 +437,13 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Options for psql (``patentml db shell -c 'select 1'``) pass through; elsewhere they are errors.
+        if getattr(args, "handler", None) is cmd_db_shell:
+            args.psql_args = [*extra, *args.psql_args]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.parse_args([*(argv or sys.argv[1:]), "--help"])

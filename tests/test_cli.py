@@ -92,3 +92,9 @@ def test_concurrent_commands_share_one_embedded_server_and_half_init_is_redone(t
     finally:
         embedded.stop(home / "postgres")
     assert not embedded.is_running(home / "postgres")
+
+
+def test_db_shell_runs_the_bundled_psql_on_the_configured_database(db_url: str) -> None:
+    out = _run("db", "shell", "-c", "select 40 + 2 as answer", env={"PATENTML_DATABASE_URL": db_url})
+    assert out.returncode == 0, out.stderr
+    assert "answer" in out.stdout and "42" in out.stdout
