@@ -38,6 +38,12 @@ def _fit_per_label(x: Any, y: np.ndarray, C: float, class_weight: Any, classifie
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
+    # scikit-learn checks X with X.max(), which canonicalises a sparse matrix *in place*; threads
+    # sharing one non-canonical matrix then corrupt it (seen: "indices array has fewer than nnz").
+    x = x.tocsr()
+    x.sum_duplicates()
+    x.sort_indices()
+
     def fit(j: int) -> tuple[np.ndarray, float]:
         if classifier == "svm":
             model: Any = LinearSVC(C=C, class_weight=class_weight, intercept_scaling=10.0)
