@@ -50,8 +50,6 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('first_batch_id', sa.Integer(), nullable=True),
     sa.Column('last_batch_id', sa.Integer(), nullable=True),
-    sa.ForeignKeyConstraint(['first_batch_id'], ['ingest_batches.batch_id'], name=op.f('fk_patents_first_batch_id_ingest_batches')),
-    sa.ForeignKeyConstraint(['last_batch_id'], ['ingest_batches.batch_id'], name=op.f('fk_patents_last_batch_id_ingest_batches')),
     sa.PrimaryKeyConstraint('patent_id', name=op.f('pk_patents'))
     )
     op.create_table('rejected_records',
@@ -87,7 +85,6 @@ def upgrade() -> None:
     sa.Column('content_hash', sa.String(length=64), nullable=False),
     sa.Column('batch_id', sa.Integer(), nullable=False),
     sa.Column('seen_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['batch_id'], ['ingest_batches.batch_id'], name=op.f('fk_patent_sources_batch_id_ingest_batches')),
     sa.ForeignKeyConstraint(['patent_id'], ['patents.patent_id'], name=op.f('fk_patent_sources_patent_id_patents'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('patent_id', 'source', name=op.f('pk_patent_sources'))
     )
