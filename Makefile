@@ -29,7 +29,7 @@ system-deps:
 	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
-SYSTEM_PACKAGES ?=
+SYSTEM_PACKAGES ?= chromium redis-server
 
 test: install system-deps
 	$(BIN)/pytest -p no:cacheprovider

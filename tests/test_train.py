@@ -23,7 +23,7 @@ TINY = {"num_filters": 16, "hidden": 32, "embed_dim": 16, "glove_path": "random"
 def snapshot(engine, settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("toy")
     ingest(engine, [str(write_toy_jsonl(folder / "toy.jsonl", n=360))])
-    return rebuild(engine, "CPC").snapshot_id
+    return rebuild(engine, settings.label_scheme).snapshot_id
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tests.toy import write_toy_jsonl
 def snapshot(engine, settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("toy")
     ingest(engine, [str(write_toy_jsonl(folder / "toy.jsonl", n=300, seed=3))])
-    return rebuild(engine, "CPC").snapshot_id
+    return rebuild(engine, settings.label_scheme).snapshot_id
 
 
 def test_variant_names_parse_from_the_right() -> None:

@@ -1,0 +1,160 @@
+"""What the DAG files read at parse time: schedules, pools, queues, the patents Asset, the variant matrix.
+
+Everything comes from ``PATENTML_*`` environment variables with defaults, so an operator changes
+the wiring without editing DAG files. Standard library only: this runs every time a DAG is parsed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+#: The patents table as an Airflow Asset (AIP-60 ``postgres://host:port/database/schema/table``).
+#: The host is a logical name: the real server comes from the ``patentml_db`` Connection at run time.
+PATENTS_ASSET_NAME = "patentml_patents"
+PATENTS_ASSET_URI = "postgres://patentml:5432/patentml/public/patents"
+
+ENCODERS = ("glove", "bert", "tfidf")
+#: Encoders whose variant name carries a loss (the CNNs); the linear TF-IDF model has none.
+LOSS_ENCODERS = ("glove", "bert")
+LOSSES = ("bce", "wbce")
+DATASETS = ("full", "subset")
+VARIANT_PATTERN = r"^(?:(?:glove|bert)-(?:bce|wbce)|tfidf)-(?:full|subset)$"
+_VARIANT_RE = re.compile(VARIANT_PATTERN)
+
+RETRAIN_SCHEDULES = ("nightly", "asset", "both", "none")
+
+
+class ConfigurationError(ValueError):
+    """An environment variable or a run's parameters do not describe a valid configuration."""
+
+
+def env(name: str, default: str) -> str:
+    """``PATENTML_<name>``, or ``default`` when unset or empty."""
+    value = os.environ.get("PATENTML_" + name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"PATENTML_{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigurationError(f"PATENTML_{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_list(name: str, default: Iterable[str]) -> list[str]:
+    """A comma- or whitespace-separated list."""
+    raw = os.environ.get("PATENTML_" + name, "").strip()
+    if not raw:
+        return list(default)
+    return [item for item in re.split(r"[,\s]+", raw) if item]
+
+
+@dataclass(frozen=True)
+class DagConfig:
+    """The operator's choices for both DAGs, read from the environment once per parse."""
+
+    ingest_source: str
+    ingest_cron: str | None
+    retrain_schedule: str
+    retrain_cron: str
+    timezone: str
+    train_pool: str
+    train_queue: str
+    train_retries: int
+    train_timeout_hours: int
+    task_retries: int
+    default_variants: list[str]
+    only_if_changed: bool
+
+    @classmethod
+    def from_env(cls) -> "DagConfig":
+        schedule = env("RETRAIN_SCHEDULE", "both").lower()
+        if schedule not in RETRAIN_SCHEDULES:
+            raise ConfigurationError(
+                f"PATENTML_RETRAIN_SCHEDULE={schedule!r} must be one of {', '.join(RETRAIN_SCHEDULES)}"
+            )
+        ingest_cron = env("INGEST_SCHEDULE", "0 6 * * 2")  # USPTO publishes grants on Tuesdays
+        variants = env_list("RETRAIN_VARIANTS", ["glove-bce-full", "glove-wbce-full", "bert-bce-full", "bert-wbce-full"])
+        for name in variants:
+            check_variant(name, where="PATENTML_RETRAIN_VARIANTS")
+        return cls(
+            ingest_source=env("INGEST_SOURCE", ""),
+            ingest_cron=None if ingest_cron.lower() in ("none", "off", "manual") else ingest_cron,
+            retrain_schedule=schedule,
+            retrain_cron=env("RETRAIN_CRON", "0 2 * * *"),
+            timezone=env("AIRFLOW_TIMEZONE", "UTC"),
+            train_pool=env("TRAIN_POOL", "gpu"),
+            train_queue=env("TRAIN_QUEUE", "gpu"),
+            train_retries=env_int("TRAIN_RETRIES", 1),
+            train_timeout_hours=env_int("TRAIN_TIMEOUT_HOURS", 12, minimum=1),
+            task_retries=env_int("TASK_RETRIES", 2),
+            default_variants=variants,
+            only_if_changed=env("RETRAIN_ONLY_IF_CHANGED", "false").lower() in ("1", "true", "yes", "on"),
+        )
+
+
+def check_variant(name: str, where: str = "variants") -> str:
+    if not _VARIANT_RE.match(name):
+        raise ConfigurationError(
+            f"{where}: {name!r} is not a variant; use <encoder>-<loss>-<dataset> for glove/bert "
+            "(e.g. glove-wbce-full, bert-bce-subset) or tfidf-<dataset> (e.g. tfidf-full)"
+        )
+    return name
+
+
+def variant_name(encoder: str, loss: str | None, dataset: str) -> str:
+    return f"{encoder}-{loss}-{dataset}" if encoder in LOSS_ENCODERS else f"{encoder}-{dataset}"
+
+
+def build_variants(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The training specs of one retrain run, from its (already schema-validated) Params.
+
+    ``variants`` wins when it is not empty; otherwise encoders x losses x datasets, where the
+    linear TF-IDF model takes no loss. Each spec carries everything a training task needs, so the
+    mapped tasks do not read Params themselves.
+    """
+    explicit = [str(v).strip().lower() for v in params.get("variants") or [] if str(v).strip()]
+    if explicit:
+        names = [check_variant(v, where="Param 'variants'") for v in explicit]
+    else:
+        encoders = list(params.get("encoders") or [])
+        losses = list(params.get("losses") or [])
+        datasets = list(params.get("datasets") or [])
+        for what, chosen, allowed in (
+            ("encoders", encoders, ENCODERS),
+            ("losses", losses, LOSSES),
+            ("datasets", datasets, DATASETS),
+        ):
+            unknown = [c for c in chosen if c not in allowed]
+            if unknown:
+                raise ConfigurationError(f"Param '{what}': unknown {unknown}; choose from {list(allowed)}")
+        if not encoders or not datasets:
+            raise ConfigurationError("choose at least one encoder and one dataset (or list 'variants')")
+        if not losses and any(e in LOSS_ENCODERS for e in encoders):
+            raise ConfigurationError("glove and bert need at least one loss (bce, wbce)")
+        names = [
+            variant_name(e, loss, d)
+            for d in datasets
+            for e in encoders
+            for loss in (losses if e in LOSS_ENCODERS else [None])
+        ]
+    names = list(dict.fromkeys(names))  # keep order, drop repeats
+    overrides = params.get("model_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigurationError("Param 'model_overrides' must be a JSON object, e.g. {\"num_filters\": 128}")
+    common = {
+        "epochs": params.get("epochs"),
+        "batch_size": params.get("batch_size"),
+        "alpha": params.get("alpha"),
+        "seed": int(params.get("seed") or 0),
+        "device": params.get("device"),
+        "overrides": dict(overrides),
+    }
+    return [{"variant": name, **common} for name in names]

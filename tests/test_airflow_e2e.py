@@ -1,0 +1,171 @@
+"""End to end with dag.test(): patent_ingest then patent_retrain on the embedded Postgres and a real S3
+(SeaweedFS), a small fixture corpus and tiny models; then again with no new data.
+
+dag.test() ignores pools and queues, so their assignment is asserted in test_dags.py (DAG graph) and
+test_celery.py (a real worker on queue ``gpu``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import text
+
+from tests.airflow_env import (
+    airflow_env,
+    connection_json,
+    dag_test,
+    drop_metadata_database,
+    metadata_database,
+)
+
+CORPUS = Path(__file__).parent / "fixtures" / "airflow_corpus.jsonl"
+LIBRARY = ("patentml.ingest", "patentml.splits", "patentml.train", "patentml.evaluate", "patentml.promote",
+           "patentml.report")
+MISSING = [m for m in LIBRARY if importlib.util.find_spec(m) is None]
+BUCKET = "patentml-e2e"
+TINY = {"num_filters": 8, "hidden": 16}
+VARIANTS = ["tfidf-full", "glove-wbce-full"]
+
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"the library modules {MISSING} have not landed yet")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.s3server import SeaweedS3
+
+    server = SeaweedS3.start(tmp_path_factory.mktemp("seaweed"))
+    try:
+        server.create_bucket(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(pg_admin_url: str, db_url: str, s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Airflow env for dag.test(): own metadata DB, Connections to the module's PatentML DB and to S3."""
+    home = tmp_path_factory.mktemp("e2e")
+    metadata = metadata_database(pg_admin_url, "e2e")
+    s3_conn = json.loads(s3.airflow_connection())
+    s3_conn["extra"]["store_uri"] = f"s3://{BUCKET}/models"
+    env = airflow_env(
+        home / "airflow",
+        metadata,
+        {
+            "AIRFLOW_CONN_PATENTML_DB": connection_json(db_url),
+            "AIRFLOW_CONN_PATENTML_S3": json.dumps(s3_conn),
+            "PATENTML_HOME": str(home / "patentml"),
+            "PATENTML_INGEST_SOURCE": str(CORPUS),
+            "PATENTML_DEVICE": "cpu",
+            "PATENTML_THREADS": "2",
+            # Fail fast in tests: a retry would wait minutes in dag.test().
+            "PATENTML_TASK_RETRIES": "0",
+            "PATENTML_TRAIN_RETRIES": "0",
+        },
+    )
+    try:
+        yield {"env": env, "home": home}
+    finally:
+        drop_metadata_database(pg_admin_url, metadata)
+
+
+def _rows(engine: Any, sql: str, **params: Any) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+
+
+def _champion_objects(s3: Any) -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="models/")
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def _explain(result: dict[str, Any]) -> str:
+    return f"{result['dag_id']} {result['state']}: {result['tasks']}\n{result['output']}"
+
+
+def test_ingest_then_retrain_promotes_a_champion_to_s3(stack: dict[str, Any], engine: Any, s3: Any) -> None:
+    started = time.monotonic()
+    conf = {"variants": VARIANTS, "epochs": 2, "batch_size": 16, "model_overrides": TINY}
+    ingest, retrain = dag_test(stack["env"], [{"dag_id": "patent_ingest"}, {"dag_id": "patent_retrain", "conf": conf}])
+    print(f"\nfirst ingest {ingest['seconds']:.1f} s, first retrain {retrain['seconds']:.1f} s "
+          f"(process {time.monotonic() - started:.1f} s)")
+
+    assert ingest["state"] == "success", _explain(ingest)
+    (batch,) = _rows(engine, "SELECT * FROM ingest_batches")
+    assert (batch["status"], batch["n_stored"], batch["n_rejected"]) == ("succeeded", 150, 2)
+    assert _rows(engine, "SELECT count(*) AS n FROM rejected_records WHERE whole")[0]["n"] == 2
+    (event,) = ingest["asset_events"]
+    assert event["extra"]["stored"] == 150 and event["extra"]["rejected"] == 2
+    assert event["extra"]["batch_ids"] == [batch["batch_id"]]
+
+    assert retrain["state"] == "success", _explain(retrain)
+    assert retrain["tasks"]["variant.train[0]"] == "success" and retrain["tasks"]["variant.train[1]"] == "success"
+    assert sorted(retrain["rendered_map_index"].values()) == sorted(VARIANTS * 2)
+    runs = _rows(engine, "SELECT run_id, variant, status, settings FROM runs ORDER BY run_id")
+    assert sorted((r["variant"], r["status"]) for r in runs) == sorted((v, "succeeded") for v in VARIANTS)
+    # Shared Params reach each model only where they apply: the CNN got the tiny sizes, TF-IDF none of them.
+    by_variant = {r["variant"]: r["settings"] for r in runs}
+    assert by_variant["glove-wbce-full"]["num_filters"] == 8 and by_variant["glove-wbce-full"]["epochs"] == 2
+    assert "num_filters" not in by_variant["tfidf-full"] and "epochs" not in by_variant["tfidf-full"]
+    metrics = _rows(engine, "SELECT run_id, rule, f1, p_at_1, n_patents FROM run_metrics WHERE split = 'test' AND rule = 't0.5'")
+    assert len(metrics) == 2 and all(m["n_patents"] > 10 for m in metrics)
+    # The corpus is separable: tiny models must learn something, TF-IDF clearly so.
+    best = max(m["f1"] for m in metrics)
+    assert best > 0.5, metrics
+    assert _rows(engine, "SELECT count(DISTINCT section) AS n FROM section_metrics")[0]["n"] >= 4
+    (decision,) = _rows(engine, "SELECT * FROM promotions")
+    assert decision["promoted"] and decision["champion_after"], decision
+    (model,) = _rows(engine, "SELECT * FROM models WHERE model_id = :m", m=decision["champion_after"])
+    assert model["store_uri"].startswith(f"s3://{BUCKET}/models")
+    objects = _champion_objects(s3)
+    assert any(f"/{model['model_id']}/" in key and key.endswith("manifest.json") for key in objects), objects
+    stack["first"] = {"champion": decision["champion_after"], "objects": objects}
+
+
+def test_second_round_without_new_data_changes_nothing(stack: dict[str, Any], engine: Any, s3: Any) -> None:
+    if "first" not in stack:
+        pytest.skip("needs the first round")
+    # A worse challenger (TF-IDF with almost no regularisation budget) and a failing one (lr < 0 breaks Adam).
+    conf = {"variants": VARIANTS, "epochs": 2, "batch_size": 16,
+            "model_overrides": {**TINY, "C": 0.0001, "lr": -1.0}}
+    ingest, retrain, unchanged = dag_test(
+        stack["env"],
+        [{"dag_id": "patent_ingest"}, {"dag_id": "patent_retrain", "conf": conf},
+         {"dag_id": "patent_retrain", "conf": {**conf, "only_if_changed": True}}],
+    )
+    print(f"\nsecond ingest {ingest['seconds']:.1f} s, second retrain {retrain['seconds']:.1f} s, "
+          f"third (only_if_changed) {unchanged['seconds']:.1f} s")
+
+    # Ingest: read again, nothing stored or updated, so the Asset is not updated.
+    assert ingest["state"] == "success", _explain(ingest)
+    assert ingest["tasks"]["publish_patents"] == "skipped", _explain(ingest)
+    assert ingest["asset_events"] == []
+    latest = _rows(engine, "SELECT * FROM ingest_batches ORDER BY batch_id DESC LIMIT 1")[0]
+    assert (latest["n_stored"], latest["n_updated"]) == (0, 0)
+    assert _rows(engine, "SELECT count(*) AS n FROM patents")[0]["n"] == 150
+
+    # Retrain: the failing variant does not block the other; promotion runs and keeps the champion.
+    tasks = retrain["tasks"]
+    failed = [k for k, v in tasks.items() if k.startswith("variant.train[") and v == "failed"]
+    assert len(failed) == 1, _explain(retrain)
+    index = failed[0][len("variant.train["):-1]
+    assert tasks[f"variant.evaluate[{index}]"] == "upstream_failed"
+    assert tasks["promote"] == "success" and tasks["report"] == "failed", _explain(retrain)
+    assert retrain["state"] == "failed"  # marked failed after promotion, because a variant failed
+    decisions = _rows(engine, "SELECT * FROM promotions ORDER BY promotion_id")
+    assert len(decisions) == 2
+    assert decisions[-1]["promoted"] is False and decisions[-1]["champion_after"] == stack["first"]["champion"]
+    assert _champion_objects(s3) == stack["first"]["objects"]
+    print("decisions:", [(d["action"], d["reason"]) for d in decisions])
+
+    # only_if_changed on an unchanged corpus: nothing trained, no decision, and the run succeeds.
+    assert unchanged["state"] == "success", _explain(unchanged)
+    assert unchanged["tasks"]["variant.train"] == "skipped" and unchanged["tasks"]["report"] == "success"
+    assert _rows(engine, "SELECT count(*) AS n FROM promotions")[0]["n"] == 2
+    assert _rows(engine, "SELECT count(*) AS n FROM runs WHERE status = 'succeeded'")[0]["n"] == 3
