@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 
-.PHONY: install run test system-deps clean-venv
+.PHONY: install run airflow test system-deps clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,11 +16,15 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job on the embedded defaults (embedded Postgres + local model store under PATENTML_HOME).
+# The main job on the embedded defaults (embedded Postgres + local model store under PATENTML_HOME):
+# ingest DATA with the patent_ingest DAG, retrain with patent_retrain (airflow dags test), print the
+# leaderboard and the champion.
 run: install
-	$(BIN)/patentml db upgrade
-	$(BIN)/patentml ingest $(DATA)
-	$(BIN)/patentml db status
+	scripts/run-main-job $(DATA)
+
+# Airflow for the UI (api-server, scheduler, dag-processor, triggerer; Ctrl-C stops them all).
+airflow: install
+	scripts/airflow-local
 
 # Debian packages some tests need (idempotent; skipped when already there).
 system-deps:
