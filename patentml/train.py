@@ -166,6 +166,7 @@ def train(
     labels = label_space(engine, snapshot_id, spec.dataset)
     backend = backend_cls(labels, params)  # validates the settings before a run row exists
     device = configure_torch(settings) if backend_cls.name != "tfidf" else "cpu"
+    mark_stale_runs(engine)
     with engine.begin() as conn:
         run_id = conn.execute(
             text(
@@ -180,6 +181,32 @@ def train(
     log.info("Run %s: %s on snapshot %s (%d labels), device %s", run_id, spec.name, snapshot_id, len(labels), device)
     _fit_and_save(engine, settings, run_id, backend, snapshot_id, spec.dataset, device, seed, progress)
     return int(run_id)
+
+
+def mark_stale_runs(engine: "Engine") -> int:
+    """Runs left 'running' by a process of this host that no longer exists become 'interrupted'."""
+    from sqlalchemy import text
+
+    host = socket.gethostname()
+    with engine.begin() as conn:
+        rows = conn.execute(text("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = :h"),
+                            {"h": host}).all()
+        stale = [r.run_id for r in rows if r.pid is None or not _alive(r.pid)]
+        if stale:
+            conn.execute(text("UPDATE runs SET status = 'interrupted', finished_at = now(), "
+                              "error = 'the training process ended without finishing (killed?)' "
+                              "WHERE run_id = ANY(:ids)"), {"ids": stale})
+    return len(stale)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def resume(run_id: int, settings: Settings, *, progress: bool = False, engine: "Engine | None" = None) -> int:

@@ -154,3 +154,22 @@ def test_unknown_setting_and_bad_variant_are_refused_before_a_run_exists(engine,
         train("glove-full", settings, engine=engine)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == before
+
+
+def test_runs_of_killed_processes_are_marked_interrupted(engine, snapshot) -> None:
+    import socket
+    import subprocess
+
+    from patentml.train import mark_stale_runs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            text("INSERT INTO runs (variant, encoder, dataset, snapshot_id, status, settings, host, pid) "
+                 "VALUES ('tfidf-full', 'tfidf', 'full', :s, 'running', '{}', :h, :p) RETURNING run_id"),
+            {"s": snapshot, "h": socket.gethostname(), "p": dead.pid},
+        ).scalar_one()
+    assert mark_stale_runs(engine) >= 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM runs WHERE run_id = :r"), {"r": run_id}).scalar() == "interrupted"
