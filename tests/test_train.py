@@ -166,8 +166,8 @@ def test_runs_of_killed_processes_are_marked_interrupted(engine, snapshot) -> No
     dead.wait()
     with engine.begin() as conn:
         run_id = conn.execute(
-            text("INSERT INTO runs (variant, encoder, dataset, snapshot_id, status, settings, host, pid) "
-                 "VALUES ('tfidf-full', 'tfidf', 'full', :s, 'running', '{}', :h, :p) RETURNING run_id"),
+            text("INSERT INTO runs (variant, encoder, dataset, snapshot_id, status, settings, seed, host, pid) "
+                 "VALUES ('tfidf-full', 'tfidf', 'full', :s, 'running', '{}', 0, :h, :p) RETURNING run_id"),
             {"s": snapshot, "h": socket.gethostname(), "p": dead.pid},
         ).scalar_one()
     assert mark_stale_runs(engine) >= 1
