@@ -15,7 +15,7 @@ import numpy as np
 
 from patentml.exceptions import DataError
 from patentml.settings import Settings
-from patentml.variants.base import DecisionRule, load_backend
+from patentml.variants.base import DecisionRule, collect, load_backend
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -61,12 +61,8 @@ def evaluate_run(engine: "Engine", run_id: int, settings: Settings | None = None
         raise DataError(f"There is no run {run_id}")
     folder = artifact_path(engine, run_id)
     backend = load_backend(folder)
-    ids, texts, doc_labels = [], [], []
     cross = snapshot_id is not None and snapshot_id != run.snapshot_id
-    for pid, abstract, labels in SplitCorpus(engine, snapshot_id or run.snapshot_id, run.dataset, split):
-        ids.append(pid)
-        texts.append(abstract)
-        doc_labels.append(labels)
+    ids, texts, doc_labels = collect(SplitCorpus(engine, snapshot_id or run.snapshot_id, run.dataset, split))
     if not texts:
         raise DataError(f"The {split} split of snapshot {run.snapshot_id} ({run.dataset}) is empty")
     started = time.perf_counter()

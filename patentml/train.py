@@ -19,7 +19,7 @@ import numpy as np
 from patentml.exceptions import ConfigError, DataError
 from patentml.settings import Settings
 from patentml.variants import parse_variant
-from patentml.variants.base import Backend, DecisionRule, EpochLog, FitContext, label_matrix
+from patentml.variants.base import Backend, DecisionRule, EpochLog, FitContext, collect, label_matrix
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -275,11 +275,7 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
         valid_corpus = SplitCorpus(engine, snapshot_id, dataset, "valid")
         backend.fit(train_corpus, valid_corpus, ctx)
         train_seconds = time.perf_counter() - started
-        ids, texts, doc_labels = [], [], []
-        for pid, text_, labels in valid_corpus:
-            ids.append(pid)
-            texts.append(text_)
-            doc_labels.append(labels)
+        _, texts, doc_labels = collect(valid_corpus)
         if texts:
             scores = backend.predict_scores(texts)
             rule, valid_f1 = choose_decision_rule(label_matrix(doc_labels, backend.labels) > 0, scores)

@@ -202,6 +202,18 @@ def load_backend(folder: Path) -> Backend:
     return backend_by_name(meta["backend"]).load(folder)
 
 
+def collect(corpus: "Corpus | Iterable[Doc]") -> tuple[list[str], list[str], list[list[str]]]:
+    """A corpus read once into (ids, texts, labels) lists."""
+    ids: list[str] = []
+    texts: list[str] = []
+    labels: list[list[str]] = []
+    for pid, text, ls in corpus:
+        ids.append(pid)
+        texts.append(text)
+        labels.append(ls)
+    return ids, texts, labels
+
+
 def label_matrix(doc_labels: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
     """Multi-hot (n, len(labels)) float32; labels outside the label space are ignored (and counted elsewhere)."""
     index = {l: i for i, l in enumerate(labels)}

@@ -19,7 +19,7 @@ from torch import nn
 
 from patentml.artifact import load_arrays, save_arrays
 from patentml.exceptions import ConfigError
-from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, label_matrix
+from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect, label_matrix
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,7 @@ class EmbedLinear(Backend):
         encoder = self._encoder()
         data = {}
         for name, corpus in (("train", train), ("valid", valid)):
-            texts, labels = [], []
-            for _, text, ls in corpus:
-                texts.append(text)
-                labels.append(ls)
+            _, texts, labels = collect(corpus)
             started = time.perf_counter()
             x, n_new = embed_corpus(encoder, texts, ctx.embedding_cache, ctx.progress)
             log.info("%s: %d embeddings, %d encoded now (%.1f s), %d from the cache", name, len(texts), n_new,

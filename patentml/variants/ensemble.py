@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from patentml.exceptions import ConfigError, DataError
-from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, label_matrix, load_backend
+from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect, label_matrix, load_backend
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,7 @@ class Ensemble(Backend):
         for (run_id, _), m in zip(runs, self.members):
             if m.labels != self.labels:
                 raise DataError(f"ensemble member run {run_id} has another label space than this snapshot/dataset")
-        texts, labels = [], []
-        for _, text, ls in valid:
-            texts.append(text)
-            labels.append(ls)
+        _, texts, labels = collect(valid)
         truth = label_matrix(labels, self.labels) > 0
         scores = [m.predict_scores(texts) for m in self.members]
         best: tuple[float, tuple[float, ...]] = (-1.0, ())

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from patentml.artifact import load_arrays, save_arrays
-from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, label_matrix
+from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect, label_matrix
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,7 @@ class TfidfLinear(Backend):
     def _fit(self, train: Corpus, valid: Corpus, ctx: FitContext) -> None:
         import scipy.sparse as sp
         started = time.perf_counter()
-        texts, doc_labels = [], []
-        for _, text, labels in train:
-            texts.append(text)
-            doc_labels.append(labels)
+        _, texts, doc_labels = collect(train)
         y = label_matrix(doc_labels, self.labels).astype(np.int8)
         vectorizer = self._make_vectorizer()
         x = vectorizer.fit_transform(texts)
