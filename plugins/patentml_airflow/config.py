@@ -21,7 +21,9 @@ ENCODERS = ("glove", "bert", "tfidf")
 LOSS_ENCODERS = ("glove", "bert")
 LOSSES = ("bce", "wbce")
 DATASETS = ("full", "subset")
-VARIANT_PATTERN = r"^(?:(?:glove|bert)-(?:bce|wbce)|tfidf)-(?:full|subset)$"
+#: Loss-free encoders: TF-IDF with logistic regression or a linear SVM, sentence embeddings + head.
+#: (The ensemble blends finished runs and is trained with `patentml train --variant ensemble-full`.)
+VARIANT_PATTERN = r"^(?:(?:glove|bert)-(?:bce|wbce)|tfidf|tfidf-svm|embed-linear)-(?:full|subset)$"
 _VARIANT_RE = re.compile(VARIANT_PATTERN)
 
 RETRAIN_SCHEDULES = ("nightly", "asset", "both", "none")
@@ -104,7 +106,7 @@ def check_variant(name: str, where: str = "variants") -> str:
     if not _VARIANT_RE.match(name):
         raise ConfigurationError(
             f"{where}: {name!r} is not a variant; use <encoder>-<loss>-<dataset> for glove/bert "
-            "(e.g. glove-wbce-full, bert-bce-subset) or tfidf-<dataset> (e.g. tfidf-full)"
+            "(e.g. glove-wbce-full, bert-bce-subset) or tfidf|tfidf-svm|embed-linear-<dataset> (e.g. tfidf-full)"
         )
     return name
 
