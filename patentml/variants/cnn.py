@@ -25,7 +25,7 @@ from torch import nn
 from patentml.artifact import load_arrays, save_arrays
 from patentml.exceptions import ConfigError
 from patentml.nn.cnn import CNNConfig, PaperCNN
-from patentml.text import Vocabulary, length_bucketed_batches, tokenize
+from patentml.text import Vocabulary, length_bucketed_batches, pad_batch, tokenize
 from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, label_matrix
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,13 @@ class _CNNBackend(Backend):
     def _param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return [{"params": [q for q in model.parameters() if q.requires_grad]}]
 
+    def _id_splits(self, train: Corpus, valid: Corpus, ctx: FitContext,
+                   encode: Callable[[list[tuple[str, str, list[str]]]], list[np.ndarray]]) -> list[FlatSplit]:
+        """Train and validation token ids written once per run into ``work_dir/data``."""
+        return [write_flat_split(ctx.work_dir / "data" / name, corpus, self.labels, encode, "int32",
+                                 progress=ctx.progress, desc=f"encode {name}")
+                for name, corpus in (("train", train), ("valid", valid))]
+
     def _train_loop(self, model: nn.Module, train: FlatSplit, valid: FlatSplit, ctx: FitContext,
                     forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         from tqdm import tqdm
@@ -385,11 +392,7 @@ class GloveCNN(_CNNBackend):
         torch.manual_seed(ctx.seed)
         model = PaperCNN.from_pretrained(vectors, known, len(self.labels), **overrides)
         self.model = model
-        data_dir = ctx.work_dir / "data"
-        tr = write_flat_split(data_dir / "train", train, self.labels, self._encode, "int32",
-                              progress=ctx.progress, desc="encode train")
-        va = write_flat_split(data_dir / "valid", valid, self.labels, self._encode, "int32",
-                              progress=ctx.progress, desc="encode valid")
+        tr, va = self._id_splits(train, valid, ctx, self._encode)
         self._train_loop(model, tr, va, ctx, lambda x, lengths: model(x, lengths))
 
     def predict_scores(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -403,11 +406,8 @@ class GloveCNN(_CNNBackend):
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                lengths = [len(ids[i]) for i in rows]
-                x = torch.zeros(len(rows), max(max(lengths), min_length), dtype=torch.long)  # (batch, seq)
-                for r, i in enumerate(rows):
-                    x[r, : lengths[r]] = torch.as_tensor(ids[i])
-                out[rows] = torch.sigmoid(model(x, torch.tensor(lengths))).numpy()
+                x, lengths = pad_batch([ids[i] for i in rows], min_length=min_length)  # (batch, seq)
+                out[rows] = torch.sigmoid(model(x, lengths)).numpy()
         return out
 
     def _save(self, folder: Path) -> None:
@@ -477,7 +477,6 @@ class BertCNN(_CNNBackend):
             x = torch.zeros(len(rows), max(lengths), dtype=torch.long)
             for r, i in enumerate(rows):
                 x[r, : lengths[r]] = torch.as_tensor(token_ids[i])
-            mask = (x != 0).long() if self.tokenizer.pad_token_id == 0 else None
             mask = (torch.arange(x.size(1))[None, :] < torch.tensor(lengths)[:, None]).long()
             hidden = self.encoder(input_ids=x, attention_mask=mask).last_hidden_state  # (batch, seq, dim)
             for r, i in enumerate(rows):
@@ -512,11 +511,7 @@ class BertCNN(_CNNBackend):
         if p["fine_tune"]:
             model = EncoderCNN(self.encoder, self.cnn)
             self.model = model
-            data_dir = ctx.work_dir / "data"
-            tr = write_flat_split(data_dir / "train", train, self.labels, self._encode_ids, "int32",
-                                  progress=ctx.progress, desc="tokenize train")
-            va = write_flat_split(data_dir / "valid", valid, self.labels, self._encode_ids, "int32",
-                                  progress=ctx.progress, desc="tokenize valid")
+            tr, va = self._id_splits(train, valid, ctx, self._encode_ids)
             self._train_loop(model, tr, va, ctx, lambda x, lengths: model(x, lengths))
             return
         for q in self.encoder.parameters():
