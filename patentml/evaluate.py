@@ -61,6 +61,10 @@ def evaluate_run(engine: "Engine", run_id: int, settings: Settings | None = None
         raise DataError(f"There is no run {run_id}")
     folder = artifact_path(engine, run_id)
     backend = load_backend(folder)
+    from patentml.embedcache import PgEmbeddingCache
+
+    # Sentence vectors of test texts are reused across runs; benchmarks/predict.py times cold prediction.
+    backend.embedding_cache = PgEmbeddingCache(engine)
     cross = snapshot_id is not None and snapshot_id != run.snapshot_id
     ids, texts, doc_labels = collect(SplitCorpus(engine, snapshot_id or run.snapshot_id, run.dataset, split))
     if not texts:

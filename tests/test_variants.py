@@ -81,3 +81,48 @@ def test_ensemble_blends_members_and_travels_as_one_artifact(engine, settings, s
         tf_f1 = evaluate_run(engine, tf, settings)["rules"]["tuned"]["f1"]
     # Weights are chosen on validation; on this separable toy the blend is at least nearly as good.
     assert summary["rules"]["tuned"]["f1"] >= tf_f1 - 0.05
+
+
+def test_knn_scores_by_hand() -> None:
+    import scipy.sparse as sp
+
+    from patentml.variants.embed import knn_scores
+
+    memory = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    labels = sp.csr_matrix(np.array([[1, 0], [1, 1], [0, 1]], dtype=np.float32))
+    query = np.array([[0.8, 0.6]], dtype=np.float32)  # similarities 0.8, 0.96, 0.6
+    # k=2 keeps memory rows 1 and 0; power 1 weights 0.96 and 0.8 (sum 1.76).
+    assert np.allclose(knn_scores(query, memory, labels, k=2, power=1.0), [[1.0, 0.96 / 1.76]], atol=1e-6)
+    # k=3, power 2: weights 0.64, 0.9216, 0.36 (sum 1.9216).
+    expected = [[(0.64 + 0.9216) / 1.9216, (0.9216 + 0.36) / 1.9216]]
+    assert np.allclose(knn_scores(query, memory, labels, k=3, power=2.0), expected, atol=1e-6)
+    # Negative similarity counts as none.
+    assert np.allclose(knn_scores(-query, memory, labels, k=1, power=1.0), [[0.0, 0.0]])
+
+
+def test_greedy_member_selection_by_hand() -> None:
+    from patentml.variants.ensemble import select_members
+
+    truth = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=bool)
+    # Member 0 ranks docs 0-1 right and is unsure on 2-3; member 1 the other way round; member 2 is noise.
+    a = np.array([[0.9, 0.1], [0.9, 0.1], [0.5, 0.45], [0.5, 0.45]], dtype=np.float32)
+    b = np.array([[0.45, 0.5], [0.45, 0.5], [0.1, 0.9], [0.1, 0.9]], dtype=np.float32)
+    noise = np.array([[0.2, 0.8], [0.2, 0.8], [0.8, 0.2], [0.8, 0.2]], dtype=np.float32)
+    chosen, weights, f1 = select_members(truth, [noise, a, b], step=0.5, max_members=3, min_gain=0.01)
+    # Alone, a and b each get two of four patents right (F1 0.5 at best); 0.5/0.5 gets all four.
+    assert sorted(chosen) == [1, 2] and weights == [0.5, 0.5] and f1 == pytest.approx(1.0)
+    assert select_members(truth, [noise, a, b], step=0.5, max_members=1, min_gain=0.01)[0] in ([1], [2])
+
+
+def test_embed_knn_chooses_k_on_validation_and_round_trips(engine, settings, snapshot) -> None:
+    run_id = train("embed-knn-full", settings, overrides={"max_length": 32, "k_grid": [3, 5], "power_grid": [1.0]},
+                   engine=engine)
+    folder = artifact_path(engine, run_id)
+    model = load_backend(folder)
+    assert model.params["k"] in (3, 5) and model.params["power"] == 1.0
+    summary = evaluate_run(engine, run_id, settings)
+    assert summary["rules"]["tuned"]["p_at_1"] > 0.6
+    texts = ["a network packet router", "maize seed"]
+    fresh = load_backend(folder)
+    assert np.allclose(model.predict_scores(texts), fresh.predict_scores(texts), atol=1e-6)
+    assert ((model.predict_scores(texts) >= 0) & (model.predict_scores(texts) <= 1 + 1e-6)).all()

@@ -40,6 +40,7 @@ ENCODERS: dict[str, tuple[Callable[[], type["Backend"]], bool]] = {
     "tfidf": (_lazy("linear", "TfidfLinear"), False),
     "tfidf-svm": (_lazy("linear", "TfidfSVM"), False),
     "embed-linear": (_lazy("embed", "EmbedLinear"), False),
+    "embed-knn": (_lazy("embed", "EmbedKNN"), False),
     "ensemble": (_lazy("ensemble", "Ensemble"), False),
 }
 

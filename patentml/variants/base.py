@@ -118,6 +118,9 @@ class Backend:
     name: ClassVar[str] = "base"
     #: Defaults of this backend's settings; the paper's values where the paper has one.
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: Where backends on sentence embeddings may find vectors at prediction time (set by evaluation
+    #: and the ensemble to the Postgres cache); None encodes every text.
+    embedding_cache: Any = None
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
         unknown = sorted(set(params or {}) - set(self.DEFAULTS))

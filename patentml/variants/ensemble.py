@@ -28,15 +28,56 @@ def simplex_grid(n: int, step: float) -> list[tuple[float, ...]]:
     return [tuple(c / k for c in combo) for combo in itertools.product(range(k + 1), repeat=n) if sum(combo) == k]
 
 
+def blend_f1(truth: np.ndarray, scores: Sequence[np.ndarray], weights: Sequence[float]) -> float:
+    """Validation example F1 of a weighted blend under its best global threshold (keeping the top label)."""
+    from patentml.metrics import choose_threshold
+
+    return choose_threshold(truth, sum(w * s for w, s in zip(weights, scores)), keep_top=True)[1]
+
+
+def select_members(truth: np.ndarray, scores: Sequence[np.ndarray], step: float, max_members: int,
+                   min_gain: float) -> tuple[list[int], list[float], float]:
+    """Greedy forward selection: start from the best single model, then add the member whose best
+    weighting (a ``step`` simplex grid over the chosen ones) raises validation F1 most, while it
+    raises it by ``min_gain`` and fewer than ``max_members`` are chosen.
+
+    Returns (indices of the chosen members, their weights, validation F1).
+    """
+    singles = [blend_f1(truth, [s], [1.0]) for s in scores]
+    chosen = [int(np.argmax(singles))]
+    weights, best = [1.0], singles[chosen[0]]
+    while len(chosen) < max_members:
+        candidate: tuple[float, int, list[float]] = (best, -1, weights)
+        for i in range(len(scores)):
+            if i in chosen:
+                continue
+            trial = [scores[j] for j in chosen + [i]]
+            for grid_weights in simplex_grid(len(trial), step):
+                if grid_weights[-1] == 0:
+                    continue  # the candidate must take part
+                f1 = blend_f1(truth, trial, grid_weights)
+                if f1 > candidate[0] + 1e-9:
+                    candidate = (f1, i, list(grid_weights))
+        if candidate[1] < 0 or candidate[0] < best + min_gain:
+            break
+        best, weights = candidate[0], candidate[2]
+        chosen.append(candidate[1])
+    return chosen, weights, best
+
+
 class Ensemble(Backend):
     """Weighted average of member scores; members are the latest runs of the named variants."""
 
     name = "ensemble"
     DEFAULTS: dict[str, Any] = {
-        "members": ["tfidf-full", "embed-linear-full", "glove-wbce-full"],
+        "members": ["tfidf-svm-full", "embed-linear-full", "embed-knn-full"],
         #: Explicit member run ids (instead of "latest run of each variant on this snapshot").
         "member_runs": None,
         "weight_step": 0.1,
+        #: Members are added greedily, best validation blend first, up to this many, while each
+        #: addition raises validation F1 by at least ``min_gain``.
+        "max_members": 3,
+        "min_gain": 0.002,
     }
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
@@ -78,33 +119,35 @@ class Ensemble(Backend):
     def _fit(self, train: Corpus, valid: Corpus, ctx: FitContext) -> None:
         import time
 
-        from patentml.metrics import choose_threshold
-
         started = time.perf_counter()
-        runs = self._member_runs(ctx)
-        self.members = [load_backend(path) for _, path in runs]
-        self.member_runs = [run_id for run_id, _ in runs]
-        for (run_id, _), m in zip(runs, self.members):
-            if m.labels != self.labels:
-                raise DataError(f"ensemble member run {run_id} has another label space than this snapshot/dataset")
+        runs, members = [], []
+        for run_id, path in self._member_runs(ctx):
+            member = load_backend(path)
+            if member.labels != self.labels:
+                log.warning("ensemble: run %s has another label space than this snapshot/dataset; left out", run_id)
+                continue
+            member.embedding_cache = ctx.embedding_cache
+            runs.append(run_id)
+            members.append(member)
+        if len(members) < 2:
+            raise DataError(f"an ensemble needs at least two member runs with this label space; found {len(members)}")
         _, texts, labels = collect(valid)
         truth = label_matrix(labels, self.labels) > 0
-        scores = [m.predict_scores(texts) for m in self.members]
-        best: tuple[float, tuple[float, ...]] = (-1.0, ())
-        for weights in simplex_grid(len(scores), float(self.params["weight_step"])):
-            blend = sum(w * s for w, s in zip(weights, scores))
-            _, f1 = choose_threshold(truth, blend, keep_top=True)
-            if f1 > best[0] + 1e-9:
-                best = (f1, weights)
-        self.weights = list(best[1])
-        log.info("ensemble of runs %s: weights %s (validation F1 %.4f)", self.member_runs, self.weights, best[0])
+        scores = [m.predict_scores(texts) for m in members]
+        chosen, weights, f1 = select_members(truth, scores, float(self.params["weight_step"]),
+                                             int(self.params["max_members"]), float(self.params["min_gain"]))
+        self.members = [members[i] for i in chosen]
+        self.member_runs = [runs[i] for i in chosen]
+        self.weights = weights
+        log.info("ensemble of runs %s: weights %s (validation F1 %.4f)", self.member_runs, self.weights, f1)
         seconds = time.perf_counter() - started
-        ctx.on_epoch(EpochLog(1, float("nan"), None, best[0], None, seconds, None))
+        ctx.on_epoch(EpochLog(1, float("nan"), None, f1, None, seconds, None))
 
     def predict_scores(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for w, m in zip(self.weights, self.members):
             if w > 0:
+                m.embedding_cache = self.embedding_cache
                 out += w * m.predict_scores(texts)
         return out
 
