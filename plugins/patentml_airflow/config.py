@@ -22,7 +22,8 @@ LOSS_ENCODERS = ("glove", "bert")
 LOSSES = ("bce", "wbce")
 DATASETS = ("full", "subset")
 #: Loss-free encoders: TF-IDF with logistic regression or a linear SVM, sentence embeddings + head.
-#: (The ensemble blends finished runs and is trained with `patentml train --variant ensemble-full`.)
+#: (The ensemble blends finished runs: the retrain DAG's ``blend`` task trains ``ensemble-<dataset>`` from the
+#: variants it just evaluated; by hand it is ``patentml train --variant ensemble-full``.)
 VARIANT_PATTERN = r"^(?:(?:glove|bert)-(?:bce|wbce)|tfidf|tfidf-svm|embed-linear)-(?:full|subset)$"
 _VARIANT_RE = re.compile(VARIANT_PATTERN)
 
@@ -50,6 +51,22 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """``PATENTML_<name>`` as a switch: 1/true/yes/on or 0/false/no/off (any case); unset or empty: ``default``."""
+    raw = env(name, "").lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigurationError(f"PATENTML_{name}={raw!r} must be one of {', '.join(_TRUE + _FALSE)}")
+
+
 def env_list(name: str, default: Iterable[str]) -> list[str]:
     """A comma- or whitespace-separated list."""
     raw = os.environ.get("PATENTML_" + name, "").strip()
@@ -74,6 +91,8 @@ class DagConfig:
     task_retries: int
     default_variants: list[str]
     only_if_changed: bool
+    #: Default of the retrain DAG's ``blend`` Param: blend each dataset's evaluated runs into ``ensemble-<dataset>``.
+    blend: bool
 
     @classmethod
     def from_env(cls) -> "DagConfig":
@@ -103,6 +122,7 @@ class DagConfig:
             task_retries=env_int("TASK_RETRIES", 2),
             default_variants=variants,
             only_if_changed=env("RETRAIN_ONLY_IF_CHANGED", "false").lower() in ("1", "true", "yes", "on"),
+            blend=env_bool("RETRAIN_BLEND", True),
         )
 
 
