@@ -215,3 +215,41 @@ def test_run_outcome_fails_the_run_for_any_failed_step(specs, results, decision,
 
     text, found = run_outcome(specs, results, decision)
     assert (found is None) if problem is None else (problem in found), (text, found)
+
+
+def test_blend_helpers_group_by_dataset_and_split_failures() -> None:
+    from patentml_airflow.xcom import blend_groups, split_blends
+
+    evaluated = [{"variant": "tfidf-full", "run_id": 1}, {"variant": "glove-wbce-full", "run_id": 2},
+                 {"variant": "tfidf-subset", "run_id": 3}]
+    assert {d: [r["run_id"] for r in runs] for d, runs in blend_groups(evaluated).items()} == {"full": [1, 2]}
+    ok = {"variant": "ensemble-full", "run_id": 4, "members": [1, 2], "metrics": {"f1": 0.8}}
+    broken = {"variant": "ensemble-subset", "members": [3, 5], "error": "DataError: too few members"}
+    assert split_blends([ok, broken]) == ([ok], [broken])
+    assert split_blends(None) == ([], []) and split_blends([]) == ([], [])
+
+
+FULL_PAIR = [{"variant": "a-full"}, {"variant": "b-full"}]
+FULL_PAIR_DONE = [{"variant": "a-full", "run_id": 1}, {"variant": "b-full", "run_id": 2}]
+DECIDED = {"promoted": True, "champion": "m1", "reason": "first"}
+
+
+@pytest.mark.parametrize(
+    ("blends", "blend", "problem", "shown"),
+    [
+        ([{"variant": "ensemble-full", "run_id": 3, "members": [1, 2]}], True, None,
+         "Blends evaluated: ensemble-full (run 3 of runs 1, 2)"),
+        ([{"variant": "ensemble-full", "members": [1, 2], "error": "DataError: boom"}], True,
+         "the blend failed (ensemble-full)", "Blends failed: ensemble-full (DataError: boom)"),
+        (None, True, "the blend failed (ensemble-full)", "the blend task did not complete"),
+        ([], False, None, "Blends: off"),
+    ],
+)
+def test_run_outcome_names_the_blends(blends, blend: bool, problem, shown: str) -> None:
+    from patentml_airflow.xcom import run_outcome
+
+    text, found = run_outcome(FULL_PAIR, FULL_PAIR_DONE, DECIDED, blends=blends, blend=blend)
+    assert shown in text, text
+    assert (found is None) if problem is None else (problem in found), (text, found)
+    # fail_on_variant_failure off: named in the text, the run is not marked failed for it
+    assert run_outcome(FULL_PAIR, FULL_PAIR_DONE, DECIDED, False, blends=blends, blend=blend)[1] is None

@@ -77,16 +77,79 @@ def split_outcomes(specs: Iterable[dict], results: Any) -> tuple[list[dict], lis
     return evaluated, failed
 
 
+#: The blend step's variant of one dataset: ``ensemble-full``, ``ensemble-subset``.
+BLEND_PREFIX = "ensemble-"
+
+
+def dataset_of(variant: str) -> str:
+    """The dataset a variant is trained on: the last part of its name (``glove-wbce-full`` -> ``full``)."""
+    return variant.rsplit("-", 1)[-1]
+
+
+def blend_groups(evaluated: Iterable[dict]) -> dict[str, list[dict]]:
+    """The evaluated runs the blend step blends: by dataset, for each dataset with at least two of them."""
+    groups: dict[str, list[dict]] = {}
+    for outcome in evaluated:
+        groups.setdefault(dataset_of(str(outcome["variant"])), []).append(outcome)
+    return {dataset: runs for dataset, runs in groups.items() if len(runs) >= 2}
+
+
+def split_blends(blends: Any) -> tuple[list[dict], list[dict]]:
+    """(evaluated blend outcomes, failed ones) from the blend task's XCom (a list; None when it did not run).
+
+    A failed blend is an outcome with an ``error``; it may carry the ``run_id`` of a run that
+    trained but could not be evaluated, and is never a candidate for promotion.
+    """
+    if isinstance(blends, dict):
+        blends = [blends]
+    items = [b for b in blends or [] if isinstance(b, dict)]
+    evaluated = [b for b in items if "run_id" in b and not b.get("error")]
+    failed = [b for b in items if b.get("error") or "run_id" not in b]
+    return evaluated, failed
+
+
+def _blend_lines(
+    evaluated: list[dict], blends: Any, blend: bool
+) -> tuple[list[str], list[str]]:
+    """(lines about the blend step, names of the blends that failed)."""
+    if not blend:
+        return ["Blends: off (Param blend)"], []
+    groups = blend_groups(evaluated)
+    if blends is None and groups:
+        # The task had something to blend but left no result: it failed (or was stopped) as a whole.
+        failed = [BLEND_PREFIX + dataset for dataset in groups]
+        return [
+            "Blends evaluated: none",
+            f"Blends failed: {', '.join(failed)} (the blend task did not complete: see its log)",
+        ], failed
+    done, broken = split_blends(blends)
+    if not done and not broken:
+        return ["Blends: none (no dataset has two evaluated variants)"], []
+    lines = [
+        "Blends evaluated: "
+        + (", ".join(
+            f"{b['variant']} (run {b['run_id']} of runs {', '.join(str(m) for m in b.get('members') or [])})"
+            for b in done
+        ) or "none"),
+        "Blends failed: " + (", ".join(f"{b.get('variant')} ({b.get('error') or 'no result'})" for b in broken)
+                             or "none"),
+    ]
+    return lines, [str(b.get("variant")) for b in broken]
+
+
 def run_outcome(
     specs: list[dict] | None,
     results: Any,
     decision: dict | None,
     fail_on_variant_failure: bool = True,
+    blends: Any = None,
+    blend: bool = False,
 ) -> tuple[str, str | None]:
     """(what a retrain run did, in words; why the run must be marked failed, or None).
 
     ``specs`` is None when planning never ran (splits failed), ``[]`` when there was nothing to
-    train; a missing ``decision`` with evaluated variants means promotion failed.
+    train; a missing ``decision`` with evaluated variants means promotion failed. ``blends`` is the
+    blend task's XCom and ``blend`` its Param: a failed blend counts like a failed variant.
     """
     if specs is None:
         return "Nothing was trained.", "the run failed before training: rebuild_splits or plan_variants did not succeed"
@@ -97,6 +160,10 @@ def run_outcome(
         f"Variants evaluated: {', '.join(e['variant'] for e in evaluated) or 'none'}",
         f"Variants failed: {', '.join(failed) or 'none'}",
     ]
+    failed_blends: list[str] = []
+    if evaluated:
+        blend_lines, failed_blends = _blend_lines(evaluated, blends, blend)
+        lines += blend_lines
     if decision:
         lines.append(
             f"Promotion: {'promoted' if decision.get('promoted') else 'not promoted'}; "
@@ -107,9 +174,11 @@ def run_outcome(
         return text, f"no variant could be evaluated (failed: {', '.join(failed)})"
     if not decision:
         return text, "promotion did not complete: see the promote task's log"
-    if failed and fail_on_variant_failure:
-        return text, (
-            f"{len(failed)} of {len(specs)} variants failed ({', '.join(failed)}); "
-            "promotion ran on the ones that finished"
-        )
+    if (failed or failed_blends) and fail_on_variant_failure:
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} of {len(specs)} variants failed ({', '.join(failed)})")
+        if failed_blends:
+            parts.append(f"the blend failed ({', '.join(failed_blends)})")
+        return text, "; ".join(parts) + "; promotion ran on the ones that finished"
     return text, None
