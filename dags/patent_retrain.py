@@ -1,5 +1,5 @@
 """
-### patent_retrain: rebuild splits, train the variant matrix, evaluate, promote the best
+### patent_retrain: rebuild splits, train the variant matrix, evaluate, blend, promote the best
 
 Runs nightly and/or when `patent_ingest` updates the `patentml_patents` Asset
 (`PATENTML_RETRAIN_SCHEDULE` = `nightly` | `asset` | `both` | `none`; cron `PATENTML_RETRAIN_CRON`).
@@ -10,11 +10,17 @@ Runs nightly and/or when `patent_ingest` updates the `patentml_patents` Asset
 3. `variant` (mapped task group, one per variant): `train` runs in the **`gpu` pool and queue**
    (`PATENTML_TRAIN_POOL` / `PATENTML_TRAIN_QUEUE`), then `evaluate` stores run, section and label
    metrics. A variant that fails does not stop the others.
-4. `promote` runs once every variant is done and at least one succeeded: it compares the best
-   challenger with the champion on the same test split and promotes it only when it wins by the
-   margin; the decision and its reason land in `promotions`, and failed variants are named.
-5. `report`: the leaderboard in the task log; the run is marked failed when a variant failed
-   (after promotion), unless `fail_on_variant_failure` is off.
+4. `blend` (default pool and queue) runs once every variant is done and at least one succeeded:
+   for each dataset with at least two evaluated variants it trains `ensemble-<dataset>`, a
+   score-level blend of exactly those runs (the ensemble chooses its members and weights on the
+   validation split), and evaluates it. A blend that fails is reported, never blocks promotion.
+   The `blend` Param (default `PATENTML_RETRAIN_BLEND`, true) turns it off.
+5. `promote` runs once the variants and the blend are done and at least one variant succeeded: it
+   compares the best challenger (blends included) with the champion on the same test split and
+   promotes it only when it wins by the margin; the decision and its reason land in `promotions`,
+   and failed variants and blends are named.
+6. `report`: the leaderboard in the task log; the run is marked failed when a variant or a blend
+   failed (after promotion), unless `fail_on_variant_failure` is off.
 
 Trigger it by hand from the UI for another matrix: the form validates every Param.
 """
@@ -55,6 +61,7 @@ SCHEDULE = {
     "none": None,
 }[CONFIG.retrain_schedule]
 EVALUATE_TASK = "variant.evaluate"
+BLEND_TASK = "blend"
 
 
 def _array(default: list[str], allowed: tuple[str, ...], title: str, description: str) -> Param:
@@ -124,8 +131,14 @@ def _array(default: list[str], allowed: tuple[str, ...], title: str, description
             CONFIG.only_if_changed, type="boolean", title="Only if the corpus changed",
             description="Skip training when the rebuilt snapshot equals the previous one.",
         ),
+        "blend": Param(
+            CONFIG.blend, type="boolean", title="Blend the variants",
+            description="After evaluation, train and evaluate ensemble-<dataset>, a score-level blend of the "
+            "runs evaluated in this run (for each dataset with at least two), and let it compete for promotion. "
+            "Default: PATENTML_RETRAIN_BLEND.",
+        ),
         "fail_on_variant_failure": Param(
-            True, type="boolean", title="Mark the run failed when a variant failed",
+            True, type="boolean", title="Mark the run failed when a variant or the blend failed",
             description="Promotion still runs on the variants that finished.",
         ),
     },
@@ -207,12 +220,67 @@ def patent_retrain() -> None:
         evaluate(train(spec))
 
     @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
+    def blend(params: dict, ti=None) -> list[dict]:
+        """Blend each dataset's evaluated runs into ensemble-<dataset>, train and evaluate it.
+
+        Returns one outcome per blend, shaped like evaluate's (plus ``members``); a blend that fails
+        carries an ``error`` instead of metrics, and the task still succeeds so promotion runs.
+        """
+        if not params.get("blend", True):
+            print("blend: skipped (the 'blend' Param is off)")
+            return []
+        import socket
+        import traceback
+
+        from patentml_airflow.hook import PatentMLHook
+        from patentml_airflow.xcom import BLEND_PREFIX, blend_groups, headline, split_outcomes
+
+        specs = ti.xcom_pull(task_ids="plan_variants") or []
+        evaluated, _ = split_outcomes(specs, ti.xcom_pull(task_ids=[EVALUATE_TASK]))
+        groups = blend_groups(evaluated)
+        if not groups:
+            print("blend: nothing to blend, no dataset has two evaluated variants (evaluated: "
+                  f"{', '.join(e['variant'] for e in evaluated) or 'none'})")
+            return []
+        snapshot_id = next((s["snapshot_id"] for s in specs if s.get("snapshot_id") is not None), None)
+        hook = PatentMLHook(device=params.get("device"))
+        settings, engine = hook.get_settings(), hook.get_engine()
+        from patentml.evaluate import evaluate_run
+        from patentml.train import train as train_variant
+        from patentml.variants import parse_variant
+
+        outcomes = []
+        for dataset, members in groups.items():
+            name = BLEND_PREFIX + dataset
+            member_runs = [int(m["run_id"]) for m in members]
+            outcome: dict = {"variant": name, "members": member_runs, "host": socket.gethostname()}
+            try:
+                # Ensemble settings from model_overrides (weight_step, max_members, ...); not the members.
+                known = set(parse_variant(name).backend_class().DEFAULTS) - {"members", "member_runs"}
+                extra = {k: v for k, v in (params.get("model_overrides") or {}).items() if k in known}
+                print(f"{name}: blending runs {', '.join(map(str, member_runs))} "
+                      f"({', '.join(m['variant'] for m in members)})"
+                      + (f" with {extra}" if extra else ""))
+                run_id = train_variant(name, settings, overrides={**extra, "member_runs": member_runs},
+                                       seed=int(params.get("seed") or 0), snapshot_id=snapshot_id)
+                outcome["run_id"] = int(run_id)
+                outcome["metrics"] = headline(evaluate_run(engine, run_id, settings))
+                print(f"{name} (run {run_id}): {outcome['metrics']}")
+            except Exception as exc:  # noqa: BLE001 - a failed blend is reported; promotion goes on without it
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+                print(f"BLEND FAILED: {name} of runs {', '.join(map(str, member_runs))}: {outcome['error']}\n"
+                      f"{traceback.format_exc()}"
+                      "promotion goes on among the single variants; report will mark the run failed")
+            outcomes.append(outcome)
+        return outcomes
+
+    @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
     def promote(params: dict, ti=None) -> dict:
-        """Promote the best evaluated variant if it beats the champion by the margin; name the failed ones."""
+        """Promote the best evaluated variant or blend if it beats the champion by the margin; name the failed ones."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from patentml_airflow.hook import PatentMLHook
-        from patentml_airflow.xcom import jsonable, split_outcomes
+        from patentml_airflow.xcom import jsonable, split_blends, split_outcomes
 
         specs = ti.xcom_pull(task_ids="plan_variants") or []
         evaluated, failed = split_outcomes(specs, ti.xcom_pull(task_ids=[EVALUATE_TASK]))
@@ -220,20 +288,25 @@ def patent_retrain() -> None:
             raise AirflowFailException(f"no variant was evaluated (failed: {', '.join(failed) or 'none'})")
         if failed:
             print(f"promoting among {len(evaluated)} of {len(specs)} variants; failed: {', '.join(failed)}")
+        blends, failed_blends = split_blends(ti.xcom_pull(task_ids=BLEND_TASK))
+        if blends:
+            print("blends among the candidates: " + ", ".join(f"{b['variant']} (run {b['run_id']})" for b in blends))
+        if failed_blends:
+            print("blends that failed, left out: " + ", ".join(str(b.get("variant")) for b in failed_blends))
         settings = PatentMLHook(promotion_margin=params.get("promotion_margin")).get_settings()
         from patentml.promote import promote as decide
 
-        decision = jsonable(
-            decide(settings, run_ids=[e["run_id"] for e in evaluated], margin=params.get("promotion_margin"))
-        )
-        decision["evaluated_variants"] = [e["variant"] for e in evaluated]
+        run_ids = [e["run_id"] for e in evaluated] + [b["run_id"] for b in blends]
+        decision = jsonable(decide(settings, run_ids=run_ids, margin=params.get("promotion_margin")))
+        decision["evaluated_variants"] = [e["variant"] for e in evaluated] + [b["variant"] for b in blends]
         decision["failed_variants"] = failed
+        decision["failed_blends"] = [str(b.get("variant")) for b in failed_blends]
         print(f"promotion: {'PROMOTED' if decision.get('promoted') else 'kept champion'}: {decision.get('reason')}")
         return decision
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def report(params: dict, ti=None) -> str:
-        """Print the leaderboard and what this run did; fail the run if any step or variant failed."""
+        """Print the leaderboard and what this run did; fail the run if any step, variant or blend failed."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from patentml_airflow.hook import PatentMLHook
@@ -244,6 +317,8 @@ def patent_retrain() -> None:
             ti.xcom_pull(task_ids=[EVALUATE_TASK]),
             ti.xcom_pull(task_ids="promote"),
             fail_on_variant_failure=bool(params.get("fail_on_variant_failure", True)),
+            blends=ti.xcom_pull(task_ids=BLEND_TASK),
+            blend=bool(params.get("blend", True)),
         )
         try:
             hook = PatentMLHook()
@@ -258,8 +333,11 @@ def patent_retrain() -> None:
         return text
 
     specs = plan_variants(rebuild_splits())
+    variants = variant.expand(spec=specs)
     decided = promote()
-    variant.expand(spec=specs) >> decided >> report()
+    variants >> blend() >> decided >> report()
+    # Also straight from the variants: if the blend task itself crashes, promotion still runs on them.
+    variants >> decided
 
 
 patent_retrain()

@@ -104,13 +104,15 @@ def test_retrain_graph_pools_queues_and_trigger_rules(dagbag) -> None:
         "rebuild_splits": {"plan_variants"},
         "plan_variants": {"variant.train"},
         "variant.train": {"variant.evaluate"},
-        "variant.evaluate": {"promote"},
+        # promote also hangs off the variants directly, so a crashed blend task cannot hold promotion back
+        "variant.evaluate": {"blend", "promote"},
+        "blend": {"promote"},
         "promote": {"report"},
         "report": set(),
     }
     train, evaluate = dag.get_task("variant.train"), dag.get_task("variant.evaluate")
     assert (train.pool, train.queue) == ("gpu", "gpu")
-    for task_id in ("rebuild_splits", "plan_variants", "variant.evaluate", "promote", "report"):
+    for task_id in ("rebuild_splits", "plan_variants", "variant.evaluate", "blend", "promote", "report"):
         t = dag.get_task(task_id)
         assert t.pool != "gpu" and t.queue != "gpu", task_id
     # Mapped per variant, inside one mapped group: evaluate[i] waits for train[i] only.
@@ -118,8 +120,21 @@ def test_retrain_graph_pools_queues_and_trigger_rules(dagbag) -> None:
     assert type(train.task_group).__name__ == "MappedTaskGroup"
     assert evaluate.trigger_rule == TriggerRule.ALL_SUCCESS
     assert dag.get_task("promote").trigger_rule == TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
+    # The blend runs when at least one variant was evaluated, also when others failed.
+    assert dag.get_task("blend").trigger_rule == TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
     assert dag.get_task("report").trigger_rule == TriggerRule.ALL_DONE
     assert train.execution_timeout is not None
+
+
+def test_retrain_blends_after_the_variants_and_before_promotion(dagbag) -> None:
+    """variant -> blend -> promote -> report, as ordered steps (upstream closure, not just direct edges)."""
+    dag = dagbag.dags["patent_retrain"]
+    blend, promote, report = (dag.get_task(t) for t in ("blend", "promote", "report"))
+    assert {"variant.train", "variant.evaluate"} <= blend.get_flat_relative_ids(upstream=True)
+    assert "blend" in promote.get_flat_relative_ids(upstream=True)
+    assert {"blend", "promote"} <= report.get_flat_relative_ids(upstream=True)
+    assert blend.task_group is None or blend.task_group.group_id is None, "blend runs once, not per variant"
+    assert "blend" not in dag.get_task("variant.evaluate").get_flat_relative_ids(upstream=True)
 
 
 def test_unpausing_retrain_waits_for_the_next_night(dagbag) -> None:
@@ -191,6 +206,33 @@ def test_retrain_params_accept_a_manual_matrix(dagbag) -> None:
          "model_overrides": {"num_filters": 64}},
     )
     assert values["epochs"] == 3 and values["alpha"] == 3.5
+    assert defaults["blend"] is True and _validated(dag, {"blend": False})["blend"] is False
+
+
+@pytest.mark.parametrize(("value", "default"), [(None, True), ("false", False), ("OFF", False), ("1", True)])
+def test_blend_param_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch, value, default: bool) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    if value is None:
+        monkeypatch.delenv("PATENTML_RETRAIN_BLEND", raising=False)
+    else:
+        monkeypatch.setenv("PATENTML_RETRAIN_BLEND", value)
+    bag = DagBag(dag_folder=str(DAGS / "patent_retrain.py"))
+    assert bag.import_errors == {}
+    dag = bag.dags["patent_retrain"]
+    param = dag.params.get_param("blend")
+    assert param.value is default and param.schema["type"] == "boolean"
+    assert param.schema.get("title") and "PATENTML_RETRAIN_BLEND" in (param.description or "")
+    assert _validated(dag, {})["blend"] is default
+
+
+def test_a_bad_blend_setting_is_an_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PATENTML_RETRAIN_BLEND", "maybe")
+    bag = DagBag(dag_folder=str(DAGS / "patent_retrain.py"))
+    (message,) = bag.import_errors.values()
+    assert "PATENTML_RETRAIN_BLEND='maybe' must be one of" in message
 
 
 @pytest.mark.parametrize(
@@ -207,6 +249,7 @@ def test_retrain_params_accept_a_manual_matrix(dagbag) -> None:
         ({"promotion_margin": 1.5}, "promotion_margin"),
         ({"model_overrides": "num_filters=8"}, "model_overrides"),
         ({"device": "tpu"}, "device"),
+        ({"blend": "yes"}, "blend"),
     ],
 )
 def test_retrain_params_refuse_bad_values_with_a_clear_message(dagbag, conf: dict, message: str) -> None:
