@@ -332,6 +332,7 @@ import datetime as dt, json, os, sys, time
 from airflow.dag_processing.dagbag import DagBag
 from airflow.models.asset import AssetEvent
 from airflow.models.taskinstance import TaskInstance
+from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
 
 bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
@@ -354,6 +355,9 @@ for spec in json.loads(sys.argv[1]):
             "tasks": {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state) for ti in tis},
             "rendered_map_index": {f"{ti.task_id}[{ti.map_index}]": ti.rendered_map_index for ti in tis if ti.map_index >= 0},
             "asset_events": [{"uri": e.uri if hasattr(e, "uri") else None, "extra": e.extra} for e in events],
+            # What the unmapped tasks returned (e.g. promote's decision), by task id.
+            "xcoms": {x.task_id: XComModel.deserialize_value(x) for x in session.query(XComModel).filter_by(
+                dag_id=dag.dag_id, run_id=run.run_id, key="return_value", map_index=-1)},
         }
     print("DAGTEST " + json.dumps(result, default=str), flush=True)
 '''

@@ -1,5 +1,6 @@
 """End to end with dag.test(): patent_ingest then patent_retrain on the embedded Postgres and a real S3
-(SeaweedFS), a small fixture corpus and tiny models; then again with no new data.
+(SeaweedFS), a small fixture corpus and tiny models (and their blend, ``ensemble-full``); then again
+with no new data.
 
 dag.test() ignores pools and queues, so their assignment is asserted in test_dags.py (DAG graph) and
 test_celery.py (a real worker on queue ``gpu``).
@@ -106,21 +107,40 @@ def test_ingest_then_retrain_promotes_a_champion_to_s3(stack: dict[str, Any], en
 
     assert retrain["state"] == "success", _explain(retrain)
     assert retrain["tasks"]["variant.train[0]"] == "success" and retrain["tasks"]["variant.train[1]"] == "success"
+    assert retrain["tasks"]["blend"] == "success", _explain(retrain)
     assert sorted(retrain["rendered_map_index"].values()) == sorted(VARIANTS * 2)
-    runs = _rows(engine, "SELECT run_id, variant, status, settings FROM runs ORDER BY run_id")
-    assert sorted((r["variant"], r["status"]) for r in runs) == sorted((v, "succeeded") for v in VARIANTS)
+    runs = _rows(engine, "SELECT run_id, variant, status, settings, snapshot_id FROM runs ORDER BY run_id")
+    assert sorted((r["variant"], r["status"]) for r in runs) == sorted(
+        (v, "succeeded") for v in [*VARIANTS, "ensemble-full"]
+    ), runs
     # Shared Params reach each model only where they apply: the CNN got the tiny sizes, TF-IDF none of them.
-    by_variant = {r["variant"]: r["settings"] for r in runs}
-    assert by_variant["glove-wbce-full"]["num_filters"] == 8 and by_variant["glove-wbce-full"]["epochs"] == 2
-    assert "num_filters" not in by_variant["tfidf-full"] and "epochs" not in by_variant["tfidf-full"]
+    by_variant = {r["variant"]: r for r in runs}
+    assert by_variant["glove-wbce-full"]["settings"]["num_filters"] == 8
+    assert by_variant["glove-wbce-full"]["settings"]["epochs"] == 2
+    assert "num_filters" not in by_variant["tfidf-full"]["settings"] and "epochs" not in by_variant["tfidf-full"]["settings"]
+    # The blend: an ensemble of exactly the runs this DAG run trained, on their snapshot, none of the CNN's sizes.
+    blend = by_variant["ensemble-full"]
+    members = sorted(by_variant[v]["run_id"] for v in VARIANTS)
+    assert sorted(blend["settings"]["member_runs"]) == members and "num_filters" not in blend["settings"]
+    assert blend["snapshot_id"] == by_variant["tfidf-full"]["snapshot_id"]
+    (outcome,) = retrain["xcoms"]["blend"]
+    assert (outcome["variant"], outcome["run_id"], sorted(outcome["members"])) == ("ensemble-full", blend["run_id"], members)
+    assert "error" not in outcome and outcome["metrics"]["f1"] is not None, outcome
     metrics = _rows(engine, "SELECT run_id, rule, f1, p_at_1, n_patents FROM run_metrics WHERE split = 'test' AND rule = 't0.5'")
-    assert len(metrics) == 2 and all(m["n_patents"] > 10 for m in metrics)
+    assert len(metrics) == 3 and all(m["n_patents"] > 10 for m in metrics)
+    assert blend["run_id"] in {m["run_id"] for m in metrics}
     # The corpus is separable: tiny models must learn something, TF-IDF clearly so.
     best = max(m["f1"] for m in metrics)
     assert best > 0.5, metrics
     assert _rows(engine, "SELECT count(DISTINCT section) AS n FROM section_metrics")[0]["n"] >= 4
     (decision,) = _rows(engine, "SELECT * FROM promotions")
     assert decision["promoted"] and decision["champion_after"], decision
+    # Promotion weighed the blend with the single variants.
+    promoted = retrain["xcoms"]["promote"]
+    assert sorted(promoted["evaluated_variants"]) == sorted([*VARIANTS, "ensemble-full"]), promoted
+    assert blend["run_id"] in {c["run_id"] for c in promoted["candidates"]}, promoted["candidates"]
+    assert promoted["failed_blends"] == [] and "ensemble-full" in decision["reason"], decision["reason"]
+    assert "Blends evaluated: ensemble-full" in retrain["xcoms"]["report"]
     (model,) = _rows(engine, "SELECT * FROM models WHERE model_id = :m", m=decision["champion_after"])
     assert model["store_uri"].startswith(f"s3://{BUCKET}/models")
     objects = _champion_objects(s3)
@@ -157,6 +177,9 @@ def test_second_round_without_new_data_changes_nothing(stack: dict[str, Any], en
     index = failed[0][len("variant.train["):-1]
     assert tasks[f"variant.evaluate[{index}]"] == "upstream_failed"
     assert tasks["promote"] == "success" and tasks["report"] == "failed", _explain(retrain)
+    # One full variant left: nothing to blend, and the blend step says so without failing.
+    assert tasks["blend"] == "success" and retrain["xcoms"]["blend"] == [], _explain(retrain)
+    assert retrain["xcoms"]["promote"]["evaluated_variants"] == ["tfidf-full"]
     assert retrain["state"] == "failed"  # marked failed after promotion, because a variant failed
     decisions = _rows(engine, "SELECT * FROM promotions ORDER BY promotion_id")
     assert len(decisions) == 2
@@ -167,5 +190,7 @@ def test_second_round_without_new_data_changes_nothing(stack: dict[str, Any], en
     # only_if_changed on an unchanged corpus: nothing trained, no decision, and the run succeeds.
     assert unchanged["state"] == "success", _explain(unchanged)
     assert unchanged["tasks"]["variant.train"] == "skipped" and unchanged["tasks"]["report"] == "success"
+    assert unchanged["tasks"]["blend"] == "skipped", _explain(unchanged)
     assert _rows(engine, "SELECT count(*) AS n FROM promotions")[0]["n"] == 2
-    assert _rows(engine, "SELECT count(*) AS n FROM runs WHERE status = 'succeeded'")[0]["n"] == 3
+    # tfidf-full, glove-wbce-full and their blend, then tfidf-full again
+    assert _rows(engine, "SELECT count(*) AS n FROM runs WHERE status = 'succeeded'")[0]["n"] == 4
