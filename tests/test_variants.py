@@ -114,15 +114,34 @@ def test_greedy_member_selection_by_hand() -> None:
     assert select_members(truth, [noise, a, b], step=0.5, max_members=1, min_gain=0.01)[0] in ([1], [2])
 
 
-def test_embed_knn_chooses_k_on_validation_and_round_trips(engine, settings, snapshot) -> None:
-    run_id = train("embed-knn-full", settings, overrides={"max_length": 32, "k_grid": [3, 5], "power_grid": [1.0]},
-                   engine=engine)
+def test_hybrid_knn_chooses_k_on_validation_and_round_trips(engine, settings, snapshot) -> None:
+    run_id = train("embed-knn-full", settings, overrides={"max_length": 32, "k_grid": [3, 5], "power_grid": [1.0],
+                                                             "text_weight_grid": [0.5], "min_df": 1}, engine=engine)
     folder = artifact_path(engine, run_id)
     model = load_backend(folder)
-    assert model.params["k"] in (3, 5) and model.params["power"] == 1.0
+    assert model.params["k"] in (3, 5) and model.params["power"] == 1.0 and model.params["text_weight"] == 0.5
+    assert model.text_memory is not None and model.text_memory.shape[0] == model.memory.shape[0]
     summary = evaluate_run(engine, run_id, settings)
     assert summary["rules"]["tuned"]["p_at_1"] > 0.6
     texts = ["a network packet router", "maize seed"]
     fresh = load_backend(folder)
     assert np.allclose(model.predict_scores(texts), fresh.predict_scores(texts), atol=1e-6)
     assert ((model.predict_scores(texts) >= 0) & (model.predict_scores(texts) <= 1 + 1e-6)).all()
+
+
+def test_embed_linear_fine_tunes_the_encoder_and_reloads_it(engine, settings, snapshot) -> None:
+    tiny = {"max_length": 24, "epochs": 3, "hidden": 0, "fine_tune": True, "fine_tune_epochs": 1,
+            "encoder_lr": 1e-3, "fine_tune_batch_size": 16, "fine_tune_select": "last"}
+    run_id = train("embed-linear-full", settings, overrides=tiny, engine=engine)
+    folder = artifact_path(engine, run_id)
+    model = load_backend(folder)
+    texts = ["a network packet router", "maize seed"]
+    assert model.params["fine_tune"]
+    # The tuned weights travel in the artifact and are named apart from the base encoder's vectors.
+    assert (folder / "encoder" / "model.safetensors").exists()
+    assert model.params["encoder_tag"].startswith("ft-")
+    base = load_backend(artifact_path(engine, train("embed-linear-full", settings, overrides={**tiny, "fine_tune": False},
+                                                    engine=engine)))
+    assert model._encoder().key != base._encoder().key
+    assert not np.allclose(model._encoder().encode(texts), base._encoder().encode(texts), atol=1e-4)
+    assert np.allclose(model.predict_scores(texts), load_backend(folder).predict_scores(texts), atol=1e-5)

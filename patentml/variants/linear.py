@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from patentml.artifact import load_arrays, save_arrays
+from patentml.exceptions import ArtifactError
 from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect, label_matrix
 
 log = logging.getLogger(__name__)
@@ -56,43 +57,26 @@ def _fit_per_label(x: Any, y: np.ndarray, C: float, class_weight: Any, classifie
     return np.vstack([r[0] for r in results]), np.asarray([r[1] for r in results], dtype=np.float32)
 
 
-class TfidfLinear(Backend):
-    """Word uni+bigram TF-IDF, one logistic regression per label."""
+class TfidfFeatures:
+    """Word n-gram TF-IDF on the paper's tokens: fitted with scikit-learn, applied without it.
 
-    name = "tfidf"
-    classifier = "logreg"
-    DEFAULTS: dict[str, Any] = {
-        "max_features": 200_000,
-        "min_df": 2,
-        "ngram_max": 2,
-        "sublinear_tf": True,
-        "C": 10.0,
-        "class_weight": None,
-        #: Coefficients below this magnitude are dropped: on the sample data 0.05 keeps 5 % of them
-        #: (214 MB -> ~10 MB) with validation P@1 and F1 unchanged to 3 decimals.
-        "prune": 0.05,
-        "max_tokens": 250,
-    }
+    Stored as the vocabulary (JSON, one term per column) and the idf array, no pickle.
+    """
 
-    def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
-        super().__init__(labels, params)
+    PARAMS = ("max_features", "min_df", "ngram_max", "sublinear_tf", "max_tokens")
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = {k: params[k] for k in self.PARAMS}
         self.vocabulary: dict[str, int] = {}
         self.idf: np.ndarray | None = None
-        self.coef: Any = None  # scipy.sparse.csr_matrix (labels, features)
-        self.intercept: np.ndarray | None = None
 
-    #: Margins of an SVM are about +-1 where logistic scores would be about +-3: stretch before the sigmoid.
-    @property
-    def score_scale(self) -> float:
-        return 3.0 if self.classifier == "svm" else 1.0
-
-    def _make_vectorizer(self) -> Any:
+    def fit_transform(self, texts: Sequence[str]) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         from patentml.text import tokenize
 
         max_tokens = int(self.params["max_tokens"])
-        return TfidfVectorizer(
+        vectorizer = TfidfVectorizer(
             # The paper's tokens (lower-cased words, 250 cap), so every variant sees the same text.
             tokenizer=lambda t: tokenize(t, max_tokens),
             token_pattern=None,
@@ -103,25 +87,10 @@ class TfidfLinear(Backend):
             sublinear_tf=bool(self.params["sublinear_tf"]),
             dtype=np.float32,
         )
-
-    def _fit(self, train: Corpus, valid: Corpus, ctx: FitContext) -> None:
-        import scipy.sparse as sp
-        started = time.perf_counter()
-        _, texts, doc_labels = collect(train)
-        y = label_matrix(doc_labels, self.labels).astype(np.int8)
-        vectorizer = self._make_vectorizer()
         x = vectorizer.fit_transform(texts)
         self.vocabulary = {t: int(i) for t, i in vectorizer.vocabulary_.items()}
         self.idf = vectorizer.idf_.astype(np.float32)
-        # One binary model per label, fitted here rather than by OneVsRestClassifier: that wrapper
-        # was measured ranking labels near-randomly on this multi-label matrix (P@1 0.001 where
-        # the same per-label fits give 0.999 on train), and a plain loop is easier to store anyway.
-        coef, intercept = _fit_per_label(x, y, float(self.params["C"]), self.params["class_weight"], self.classifier)
-        coef[np.abs(coef) < float(self.params["prune"])] = 0.0
-        self.coef = sp.csr_matrix(coef)
-        self.intercept = intercept
-        seconds = time.perf_counter() - started
-        ctx.on_epoch(EpochLog(1, float("nan"), None, None, None, seconds, len(texts) / max(seconds, 1e-9)))
+        return x
 
     def transform(self, texts: Sequence[str]) -> Any:
         """TF-IDF rows (n, features), l2-normalised: scikit-learn's transform, without importing it.
@@ -136,6 +105,7 @@ class TfidfLinear(Backend):
         max_tokens = int(self.params["max_tokens"])
         ngram_max = int(self.params["ngram_max"])
         vocab = self.vocabulary
+        assert self.idf is not None, "fit or load the features first"
         indptr, indices, data = [0], [], []
         for text in texts:
             words = tokenize(text, max_tokens)
@@ -161,6 +131,79 @@ class TfidfLinear(Backend):
             shape=(len(texts), len(self.idf)),
         )
 
+    def save(self, folder: Path) -> dict[str, np.ndarray]:
+        """Writes the vocabulary; returns the arrays for the caller to store beside its own."""
+        terms = [""] * len(self.vocabulary)
+        for term, idx in self.vocabulary.items():
+            terms[idx] = term
+        (folder / VOCAB_FILE).write_text(json.dumps(terms))
+        assert self.idf is not None
+        return {"idf": self.idf}
+
+    def load(self, folder: Path, arrays: dict[str, np.ndarray]) -> None:
+        terms = json.loads((folder / VOCAB_FILE).read_text())
+        self.vocabulary = {t: i for i, t in enumerate(terms)}
+        self.idf = arrays["idf"]
+        if len(self.idf) != len(terms):
+            raise ArtifactError(f"{folder / VOCAB_FILE}: {len(terms)} terms but {len(self.idf)} idf values")
+
+
+class TfidfLinear(Backend):
+    """Word uni+bigram TF-IDF, one logistic regression per label."""
+
+    name = "tfidf"
+    classifier = "logreg"
+    DEFAULTS: dict[str, Any] = {
+        "max_features": 200_000,
+        "min_df": 2,
+        "ngram_max": 2,
+        "sublinear_tf": True,
+        "C": 10.0,
+        "class_weight": None,
+        #: Coefficients below this magnitude are dropped: on the sample data 0.05 keeps 5 % of them
+        #: (214 MB -> ~10 MB) with validation P@1 and F1 unchanged to 3 decimals.
+        "prune": 0.05,
+        "max_tokens": 250,
+    }
+
+    def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
+        super().__init__(labels, params)
+        self.features = TfidfFeatures(self.params)
+        self.coef: Any = None  # scipy.sparse.csr_matrix (labels, features)
+        self.intercept: np.ndarray | None = None
+
+    #: Margins of an SVM are about +-1 where logistic scores would be about +-3: stretch before the sigmoid.
+    @property
+    def score_scale(self) -> float:
+        return 3.0 if self.classifier == "svm" else 1.0
+
+    @property
+    def vocabulary(self) -> dict[str, int]:
+        return self.features.vocabulary
+
+    @property
+    def idf(self) -> np.ndarray | None:
+        return self.features.idf
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        return self.features.transform(texts)
+
+    def _fit(self, train: Corpus, valid: Corpus, ctx: FitContext) -> None:
+        import scipy.sparse as sp
+        started = time.perf_counter()
+        _, texts, doc_labels = collect(train)
+        y = label_matrix(doc_labels, self.labels).astype(np.int8)
+        x = self.features.fit_transform(texts)
+        # One binary model per label, fitted here rather than by OneVsRestClassifier: that wrapper
+        # was measured ranking labels near-randomly on this multi-label matrix (P@1 0.001 where
+        # the same per-label fits give 0.999 on train), and a plain loop is easier to store anyway.
+        coef, intercept = _fit_per_label(x, y, float(self.params["C"]), self.params["class_weight"], self.classifier)
+        coef[np.abs(coef) < float(self.params["prune"])] = 0.0
+        self.coef = sp.csr_matrix(coef)
+        self.intercept = intercept
+        seconds = time.perf_counter() - started
+        ctx.on_epoch(EpochLog(1, float("nan"), None, None, None, seconds, len(texts) / max(seconds, 1e-9)))
+
     def predict_scores(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
         assert self.idf is not None and self.coef is not None, "fit or load the model first"
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
@@ -174,14 +217,10 @@ class TfidfLinear(Backend):
         return 0 if self.coef is None else int(self.coef.nnz + len(self.intercept))
 
     def _save(self, folder: Path) -> None:
-        terms = [""] * len(self.vocabulary)
-        for term, idx in self.vocabulary.items():
-            terms[idx] = term
-        (folder / VOCAB_FILE).write_text(json.dumps(terms))
         save_arrays(
             folder / WEIGHTS_FILE,
             {
-                "idf": self.idf,
+                **self.features.save(folder),
                 "coef_data": self.coef.data.astype(np.float32),
                 "coef_indices": self.coef.indices.astype(np.int32),
                 "coef_indptr": self.coef.indptr.astype(np.int64),
@@ -192,13 +231,11 @@ class TfidfLinear(Backend):
     def _load(self, folder: Path) -> None:
         import scipy.sparse as sp
 
-        terms = json.loads((folder / VOCAB_FILE).read_text())
         arrays = load_arrays(folder / WEIGHTS_FILE)
-        self.vocabulary = {t: i for i, t in enumerate(terms)}
-        self.idf = arrays["idf"]
+        self.features.load(folder, arrays)
         self.coef = sp.csr_matrix(
             (arrays["coef_data"], arrays["coef_indices"], arrays["coef_indptr"]),
-            shape=(len(self.labels), len(terms)),
+            shape=(len(self.labels), len(self.features.idf)),
         )
         self.intercept = arrays["intercept"]
 
