@@ -254,8 +254,9 @@ def find_candidates(engine: "Engine", settings: Settings, run_ids: Sequence[int]
 
 
 def best_candidate(candidates: Sequence[Candidate], metric: str) -> Candidate:
-    """Highest metric, ties by the other metric, then the newest run."""
-    return max(candidates, key=lambda c: (*_rank_key(c.scores, metric), c.run_id))
+    """Highest metric, ties by the other metric, then the oldest run: a blend that kept a single member
+    scores exactly as that member and must not replace it with a wrapper."""
+    return max(candidates, key=lambda c: (*_rank_key(c.scores, metric), -c.run_id))
 
 
 # --- the champion -------------------------------------------------------------------------------

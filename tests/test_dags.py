@@ -198,7 +198,8 @@ def _validated(dag, conf: dict) -> dict:
 def test_retrain_params_accept_a_manual_matrix(dagbag) -> None:
     dag = dagbag.dags["patent_retrain"]
     defaults = _validated(dag, {})
-    assert defaults["variants"] == ["tfidf-svm-full", "glove-bce-full", "glove-wbce-full", "bert-bce-full", "bert-wbce-full"]
+    assert defaults["variants"] == ["tfidf-svm-full", "embed-linear-full", "embed-knn-full", "glove-bce-full",
+                                    "glove-wbce-full", "bert-bce-full", "bert-wbce-full"]
     values = _validated(
         dag,
         {"variants": [], "encoders": ["glove", "tfidf"], "losses": ["wbce"], "datasets": ["full", "subset"],

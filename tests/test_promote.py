@@ -419,3 +419,18 @@ def test_champion_rescored_on_a_new_snapshot(trained: dict[str, Any], engine: An
     assert result["champion_score"] == pytest.approx(expected["f1"])
     assert model_row(engine, champion).metrics["scores"][str(snapshot)]["f1"] == pytest.approx(expected["f1"])
     assert [r.action for r in rows(engine, open_store(s).uri)] == ["first", "none", result["action"]]
+
+
+def test_best_candidate_ranks_by_metric_then_other_metric_then_oldest() -> None:
+    from pathlib import Path
+
+    from patentml.promote import Candidate, best_candidate
+
+    def cand(run_id: int, f1: float, p1: float, variant: str = "tfidf-full") -> Candidate:
+        return Candidate(run_id, variant, 1, "full", Path("."), "tuned", {"f1": f1, "p_at_1": p1}, "run_metrics")
+
+    assert best_candidate([cand(1, 0.5, 0.6), cand(2, 0.6, 0.5)], "example_f1").run_id == 2
+    assert best_candidate([cand(1, 0.5, 0.6), cand(2, 0.6, 0.5)], "p_at_1").run_id == 1
+    assert best_candidate([cand(1, 0.5, 0.6), cand(2, 0.5, 0.7)], "example_f1").run_id == 2
+    # A one-member blend scores exactly like its member: the member (older run) stays the pick.
+    assert best_candidate([cand(3, 0.5, 0.6), cand(4, 0.5, 0.6, "ensemble-full")], "example_f1").run_id == 3

@@ -145,3 +145,13 @@ def test_embed_linear_fine_tunes_the_encoder_and_reloads_it(engine, settings, sn
     assert model._encoder().key != base._encoder().key
     assert not np.allclose(model._encoder().encode(texts), base._encoder().encode(texts), atol=1e-4)
     assert np.allclose(model.predict_scores(texts), load_backend(folder).predict_scores(texts), atol=1e-5)
+
+
+def test_ensemble_settings_are_checked() -> None:
+    from patentml.exceptions import ConfigError
+    from patentml.variants.ensemble import Ensemble
+
+    for bad in ({"weight_step": 0}, {"weight_step": 0.3}, {"weight_step": "x"}, {"max_members": 0}):
+        with pytest.raises(ConfigError):
+            Ensemble(["A01B"], bad)
+    assert Ensemble(["A01B"], {"weight_step": 0.25}).params["weight_step"] == 0.25

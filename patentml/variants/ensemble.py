@@ -82,6 +82,11 @@ class Ensemble(Backend):
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
         super().__init__(labels, params)
+        step = self.params["weight_step"]
+        if not isinstance(step, (int, float)) or not 0 < step <= 1 or abs(1 / step - round(1 / step)) > 1e-6:
+            raise ConfigError(f"weight_step must divide 1 into equal parts (0.1, 0.25, 0.5, ...), got {step!r}")
+        if int(self.params["max_members"]) < 1:
+            raise ConfigError(f"max_members must be at least 1, got {self.params['max_members']!r}")
         self.members: list[Backend] = []
         self.weights: list[float] = []
         self.member_runs: list[int] = []
