@@ -49,6 +49,7 @@ from patentml_airflow.config import (
     PATENTS_ASSET_URI,
     VARIANT_PATTERN,
     DagConfig,
+    overrides_for,
 )
 
 CONFIG = DagConfig.from_env()
@@ -120,8 +121,9 @@ def _array(default: list[str], allowed: tuple[str, ...], title: str, description
             description="Empty: PATENTML_DEVICE (auto uses CUDA when present).",
         ),
         "model_overrides": Param(
-            {}, type="object", title="Model overrides",
-            description='Extra model settings passed to training, e.g. {"num_filters": 128, "dropout": 0.3}.',
+            CONFIG.default_overrides, type="object", title="Model overrides",
+            description='Extra model settings passed to training, e.g. {"num_filters": 128, "dropout": 0.3}; '
+            'a key naming an encoder or variant scopes its settings, e.g. {"glove": {"trainable_embeddings": true}}.',
         ),
         "promotion_margin": Param(
             None, type=["null", "number"], minimum=0, exclusiveMaximum=1, title="Promotion margin",
@@ -257,7 +259,8 @@ def patent_retrain() -> None:
             try:
                 # Ensemble settings from model_overrides (weight_step, max_members, ...); not the members.
                 known = set(parse_variant(name).backend_class().DEFAULTS) - {"members", "member_runs"}
-                extra = {k: v for k, v in (params.get("model_overrides") or {}).items() if k in known}
+                extra = {k: v for k, v in overrides_for(params.get("model_overrides") or {}, name).items()
+                         if k in known}
                 print(f"{name}: blending runs {', '.join(map(str, member_runs))} "
                       f"({', '.join(m['variant'] for m in members)})"
                       + (f" with {extra}" if extra else ""))

@@ -309,3 +309,27 @@ def test_tfidf_alone_needs_no_loss() -> None:
     assert [s["variant"] for s in build_variants({"encoders": ["tfidf"], "losses": [], "datasets": ["subset"]})] == [
         "tfidf-subset"
     ]
+
+
+def test_model_overrides_scope_by_encoder_and_variant() -> None:
+    from patentml_airflow.config import ConfigurationError, overrides_for
+
+    o = {"dropout": 0.3, "glove": {"num_filters": 256, "dropout": 0.2}, "glove-wbce-full": {"dropout": 0.1},
+         "ensemble": {"max_members": 2}}
+    assert overrides_for(o, "glove-bce-full") == {"dropout": 0.2, "num_filters": 256}
+    assert overrides_for(o, "glove-wbce-full") == {"dropout": 0.1, "num_filters": 256}
+    assert overrides_for(o, "tfidf-svm-full") == {"dropout": 0.3}
+    assert overrides_for(o, "embed-knn-full") == {"dropout": 0.3}
+    assert overrides_for(o, "ensemble-full") == {"dropout": 0.3, "max_members": 2}
+    with pytest.raises(ConfigurationError, match="glove"):
+        overrides_for({"glove": 3}, "glove-bce-full")
+
+
+def test_retrain_overrides_default_comes_from_the_environment(monkeypatch) -> None:
+    from patentml_airflow.config import ConfigurationError, DagConfig
+
+    monkeypatch.setenv("PATENTML_RETRAIN_OVERRIDES", '{"glove": {"num_filters": 128}}')
+    assert DagConfig.from_env().default_overrides == {"glove": {"num_filters": 128}}
+    monkeypatch.setenv("PATENTML_RETRAIN_OVERRIDES", "[1]")
+    with pytest.raises(ConfigurationError, match="PATENTML_RETRAIN_OVERRIDES"):
+        DagConfig.from_env()

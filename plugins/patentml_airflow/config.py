@@ -32,6 +32,9 @@ RETRAIN_SCHEDULES = ("nightly", "asset", "both", "none")
 #: The nightly matrix (docs/results.md, "What the nightly matrix runs"): the peers every champion must
 #: beat and the blend's members (tfidf-svm, the MiniLM MLP head, the hybrid nearest-neighbour model),
 #: then the paper's four full-corpus CNNs, reported beside them. The blend step picks the members.
+#: What the nightly matrix changes from the paper's settings (docs/results.md, "Making the paper's CNNs
+#: competitive"): per encoder, so the peers keep their own defaults.
+DEFAULT_OVERRIDES: dict[str, Any] = {}
 DEFAULT_VARIANTS = ("tfidf-svm-full", "embed-linear-full", "embed-knn-full",
                     "glove-bce-full", "glove-wbce-full", "bert-bce-full", "bert-wbce-full")
 
@@ -73,6 +76,22 @@ def env_bool(name: str, default: bool) -> bool:
     raise ConfigurationError(f"PATENTML_{name}={raw!r} must be one of {', '.join(_TRUE + _FALSE)}")
 
 
+def env_json_object(name: str, default: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON object, e.g. ``PATENTML_RETRAIN_OVERRIDES='{"glove": {"num_filters": 256}}'``."""
+    import json
+
+    raw = os.environ.get("PATENTML_" + name, "").strip()
+    if not raw:
+        return json.loads(json.dumps(default))  # a fresh copy
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"PATENTML_{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"PATENTML_{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def env_list(name: str, default: Iterable[str]) -> list[str]:
     """A comma- or whitespace-separated list."""
     raw = os.environ.get("PATENTML_" + name, "").strip()
@@ -96,6 +115,7 @@ class DagConfig:
     train_timeout_hours: int
     task_retries: int
     default_variants: list[str]
+    default_overrides: dict[str, Any]
     only_if_changed: bool
     #: Default of the retrain DAG's ``blend`` Param: blend each dataset's evaluated runs into ``ensemble-<dataset>``.
     blend: bool
@@ -123,6 +143,7 @@ class DagConfig:
             train_timeout_hours=env_int("TRAIN_TIMEOUT_HOURS", 12, minimum=1),
             task_retries=env_int("TASK_RETRIES", 2),
             default_variants=variants,
+            default_overrides=env_json_object("RETRAIN_OVERRIDES", DEFAULT_OVERRIDES),
             only_if_changed=env("RETRAIN_ONLY_IF_CHANGED", "false").lower() in ("1", "true", "yes", "on"),
             blend=env_bool("RETRAIN_BLEND", True),
         )
@@ -183,6 +204,29 @@ def build_variants(params: Mapping[str, Any]) -> list[dict[str, Any]]:
         "alpha": params.get("alpha"),
         "seed": int(params.get("seed") or 0),
         "device": params.get("device"),
-        "overrides": dict(overrides),
     }
-    return [{"variant": name, **common} for name in names]
+    return [{"variant": name, **common, "overrides": overrides_for(overrides, name)} for name in names]
+
+
+def overrides_for(overrides: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    """The settings of ``model_overrides`` that apply to ``variant``.
+
+    Plain keys apply to every variant (each model keeps the ones it knows); a key naming an encoder
+    (``"glove"``) or a variant (``"glove-wbce-full"``) holds settings for it alone, the variant's
+    winning over the encoder's, which win over the plain ones:
+    ``{"dropout": 0.3, "glove": {"trainable_embeddings": true}, "bert-bce-full": {"fine_tune": true}}``.
+    """
+    encoder = variant.rsplit("-", 1)[0]
+    for loss in LOSSES:
+        encoder = encoder.removesuffix("-" + loss)
+    scoped = {}
+    plain = {}
+    for key, value in overrides.items():
+        if key in ENCODERS or key == "ensemble" or _VARIANT_RE.match(key) or key.startswith("ensemble-"):
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"Param 'model_overrides': {key!r} names a model, so its value must be "
+                                         f"an object of settings, got {value!r}")
+            scoped[key] = dict(value)
+        else:
+            plain[key] = value
+    return {**plain, **scoped.get(encoder, {}), **scoped.get(variant, {})}
