@@ -97,6 +97,8 @@ def throughput(artifact: Path, data: Path, batch_size: int | None, limit: int | 
     """
     from patentml.predict import Predictor, predict_stream
 
+    if "patentml.variants.embed" in sys.modules:  # sentence vectors of an earlier model must not help this one
+        sys.modules["patentml.variants.embed"]._RECENT.clear()
     predictor = Predictor(artifact)
     predictor.predict(["warm up the model with one short abstract about a vehicle brake"])
     with open(data, encoding="utf-8") as fh, open(os.devnull, "w") as sink:
@@ -140,6 +142,9 @@ def main() -> int:
     ap.add_argument("--bert", type=Path, help="BERT+CNN artifact folder (default: train one)")
     ap.add_argument("--tfidf", type=Path, help="TF-IDF artifact folder (default: train one)")
     ap.add_argument("--skip", action="append", default=[], choices=["glove", "bert", "tfidf"])
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                    help="any other artifact folder to measure (embed-knn, ensemble, ...); repeatable")
+    ap.add_argument("--only-models", action="store_true", help="measure only the --model artifacts")
     ap.add_argument("--n", type=int, default=10_000, help="abstracts in the input file (default 10,000)")
     ap.add_argument("--bert-n", type=int, default=None,
                     help="score only this many abstracts with BERT+CNN (it is ~10x slower); default: all")
@@ -153,9 +158,15 @@ def main() -> int:
 
     home = args.home or Path(tempfile.mkdtemp(prefix="patentml-bench-"))
     home.mkdir(parents=True, exist_ok=True)
-    which = [m for m in ("glove", "bert", "tfidf") if m not in args.skip]
+    which = [] if args.only_models else [m for m in ("glove", "bert", "tfidf") if m not in args.skip]
     artifacts = {m: getattr(args, m) for m in which if getattr(args, m)}
     missing = [m for m in which if m not in artifacts]
+    for item in args.model:
+        name, sep, folder = item.partition("=")
+        if not sep or not Path(folder).is_dir():
+            raise SystemExit(f"--model {item!r}: expected NAME=DIR with an artifact folder")
+        which.append(name)
+        artifacts[name] = Path(folder)
     if missing:
         artifacts.update(train_models(home, args.epochs, missing))
         from patentml.db import embedded
@@ -201,7 +212,7 @@ def main() -> int:
         t_cold = f"< {TARGET_COLD:.0f}" if name == "glove" else "-"
         ok = "" if name != "glove" else (" ok" if rate >= TARGET_GLOVE else " BELOW")
         okc = "" if name != "glove" else (" ok" if cold < TARGET_COLD else " BELOW")
-        print(f"| {names[name]} | {rate:,.0f}{ok} | {t_rate} | {n:,} | {seconds:.1f} | {per_cpu:,.0f} | {load:.1f} | "
+        print(f"| {names.get(name, name)} | {rate:,.0f}{ok} | {t_rate} | {n:,} | {seconds:.1f} | {per_cpu:,.0f} | {load:.1f} | "
               f"{cold:.2f}{okc} | {t_cold} | {', '.join(f'{c:.2f}' for c in runs)} |")
     print()
     print("load avg: the 1-minute load average when the throughput run started (other processes on the "
