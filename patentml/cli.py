@@ -213,6 +213,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.compare:
+        from patentml.report import compare_runs
+
+        print(compare_runs(_engine(args), args.compare[0], args.compare[1], n=args.bootstrap))
+        return 0
     from patentml.report import full_report
 
     print(full_report(_engine(args), label=args.label, snapshot_id=args.snapshot))
@@ -392,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "report", cmd_report, "the paper's tables (1-3, and 4 with --label) as markdown")
     p.add_argument("--label", help="subclass for Table 4 (label co-occurrence), e.g. A01H")
     p.add_argument("--snapshot", type=int, help="only runs on this snapshot (default: the latest)")
+    p.add_argument("--compare", type=int, nargs=2, metavar=("A", "B"),
+                   help="instead: how much run A beats run B per test patent, with paired bootstrap intervals")
+    p.add_argument("--bootstrap", type=int, default=2000, help="resamples for --compare (default 2000)")
 
     p = _add(sub, "promote", cmd_promote,
              "promote the best challenger if it beats the champion by the margin (or --rollback)")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from patentml.exceptions import DataError
+
 if TYPE_CHECKING:
+    import numpy as np
     from sqlalchemy.engine import Engine
 
 #: The paper's own numbers (Tables 1 and 2), shown beside ours.
@@ -189,3 +192,55 @@ def full_report(engine: "Engine", label: str | None = None, snapshot_id: int | N
         if best is not None:
             parts += ["", f"## Table 4: co-occurrence for {label}", "", table4(engine, label.upper(), best["run_id"])]
     return "\n".join(parts)
+
+
+# --- is a difference real? ----------------------------------------------------------------------
+
+
+def per_patent_scores(engine: "Engine", run_id: int) -> dict[str, tuple[float, float]]:
+    """Per test patent: (example F1 of the stored decisions, P@1 of the top stored score), from ``predictions``."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT patent_id, true_labels, pred_labels, top_scores FROM predictions "
+                                 "WHERE run_id = :r"), {"r": run_id}).all()
+    if not rows:
+        raise DataError(f"run {run_id} has no stored predictions: evaluate it first (patentml evaluate {run_id})")
+    out = {}
+    for pid, truth, pred, top in rows:
+        t, p = set(truth), set(pred)
+        denom = len(t) + len(p)
+        f1 = 2 * len(t & p) / denom if denom and t else 0.0
+        best = max(top.items(), key=lambda kv: kv[1])[0] if top else None
+        out[pid] = (f1, 1.0 if best in t else 0.0)
+    return out
+
+
+def paired_bootstrap(a: "np.ndarray", b: "np.ndarray", n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` over patents and its 95 % interval from ``n`` bootstrap resamples of the patents."""
+    import numpy as np
+
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n, len(diff)))].mean(axis=1)
+    return {"diff": float(diff.mean()), "low": float(np.percentile(means, 2.5)),
+            "high": float(np.percentile(means, 97.5)), "sd": float(means.std())}
+
+
+def compare_runs(engine: "Engine", run_a: int, run_b: int, n: int = 2000) -> str:
+    """Markdown: how much run A beats run B on the test patents both scored, with bootstrap intervals."""
+    import numpy as np
+
+    a, b = per_patent_scores(engine, run_a), per_patent_scores(engine, run_b)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise DataError(f"runs {run_a} and {run_b} share no test patents")
+    lines = [f"Run {run_a} minus run {run_b} on {len(common):,} test patents ({n:,} paired bootstrap resamples):", "",
+             "| metric | A | B | A - B | 95 % interval | sd |", "|---|---:|---:|---:|---|---:|"]
+    for k, name in ((0, "example F1"), (1, "P@1")):
+        xa = np.asarray([a[p][k] for p in common])
+        xb = np.asarray([b[p][k] for p in common])
+        s = paired_bootstrap(xa, xb, n)
+        lines.append(f"| {name} | {_pct(xa.mean())} | {_pct(xb.mean())} | {100 * s['diff']:+.1f} | "
+                     f"{100 * s['low']:+.1f} .. {100 * s['high']:+.1f} | {100 * s['sd']:.1f} |")
+    return "\n".join(lines)

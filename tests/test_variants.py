@@ -40,6 +40,28 @@ def test_tfidf_svm_ranks_and_thresholds(engine, settings, snapshot) -> None:
     run_id = train("tfidf-svm-full", settings, overrides={"min_df": 1}, engine=engine)
     summary = evaluate_run(engine, run_id, settings)
     assert summary["rules"]["tuned"]["p_at_1"] > 0.8 and summary["rules"]["tuned"]["f1"] > 0.6
+    # Per-patent scores from the stored predictions add up to the run's metrics (for report --compare).
+    from patentml.report import compare_runs, per_patent_scores
+
+    per = per_patent_scores(engine, run_id)
+    chosen = summary["rules"]["per_label" if summary["chosen_rule"] == "per_label" else "tuned"]
+    assert len(per) == summary["n_patents"]
+    assert np.mean([f for f, _ in per.values()]) == pytest.approx(chosen["f1"], abs=1e-6)
+    assert np.mean([p for _, p in per.values()]) == pytest.approx(chosen["p_at_1"], abs=1e-6)
+    assert "| example F1 |" in compare_runs(engine, run_id, run_id, n=50) and "+0.0 .. +0.0" in compare_runs(
+        engine, run_id, run_id, n=50)
+
+
+def test_paired_bootstrap_by_hand() -> None:
+    from patentml.report import paired_bootstrap
+
+    same = paired_bootstrap(np.array([1.0, 0.0, 1.0]), np.array([1.0, 0.0, 1.0]), n=100)
+    assert same == {"diff": 0.0, "low": 0.0, "high": 0.0, "sd": 0.0}
+    shifted = paired_bootstrap(np.array([0.5, 0.7, 0.9]), np.array([0.4, 0.6, 0.8]), n=100)
+    assert shifted["diff"] == pytest.approx(0.1) and shifted["low"] == pytest.approx(0.1)
+    assert shifted["high"] == pytest.approx(0.1)
+    mixed = paired_bootstrap(np.array([1.0, 0.0] * 50), np.zeros(100), n=500)
+    assert mixed["diff"] == pytest.approx(0.5) and mixed["low"] < 0.5 < mixed["high"] and 0.02 < mixed["sd"] < 0.08
 
 
 def test_embed_linear_caches_vectors_by_text_hash(engine, settings, snapshot) -> None:
