@@ -333,3 +333,12 @@ def test_retrain_overrides_default_comes_from_the_environment(monkeypatch) -> No
     monkeypatch.setenv("PATENTML_RETRAIN_OVERRIDES", "[1]")
     with pytest.raises(ConfigurationError, match="PATENTML_RETRAIN_OVERRIDES"):
         DagConfig.from_env()
+
+
+def test_nightly_defaults_fine_tune_the_minilm_head_only(dagbag) -> None:
+    from patentml_airflow.config import build_variants
+
+    dag = dagbag.dags["patent_retrain"]
+    specs = {s["variant"]: s for s in build_variants(_validated(dag, {}))}
+    assert specs["embed-linear-full"]["overrides"] == {"fine_tune": True}
+    assert specs["tfidf-svm-full"]["overrides"] == {} and specs["glove-bce-full"]["overrides"] == {}
