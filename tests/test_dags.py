@@ -335,10 +335,11 @@ def test_retrain_overrides_default_comes_from_the_environment(monkeypatch) -> No
         DagConfig.from_env()
 
 
-def test_nightly_defaults_fine_tune_the_minilm_head_only(dagbag) -> None:
-    from patentml_airflow.config import build_variants
+def test_nightly_defaults_fine_tune_the_minilm_head_and_tune_glove_only(dagbag) -> None:
+    from patentml_airflow.config import GLOVE_TUNED, build_variants
 
     dag = dagbag.dags["patent_retrain"]
     specs = {s["variant"]: s for s in build_variants(_validated(dag, {}))}
     assert specs["embed-linear-full"]["overrides"] == {"fine_tune": True}
-    assert specs["tfidf-svm-full"]["overrides"] == {} and specs["glove-bce-full"]["overrides"] == {}
+    assert specs["glove-wbce-full"]["overrides"] == GLOVE_TUNED and GLOVE_TUNED["alpha"] == 4.0
+    assert specs["tfidf-svm-full"]["overrides"] == {} and specs["bert-bce-full"]["overrides"] == {}
