@@ -66,7 +66,8 @@ def select_members(truth: np.ndarray, scores: Sequence[np.ndarray], step: float,
 
 
 class Ensemble(Backend):
-    """Weighted average of member scores; members are the latest runs of the named variants."""
+    """Weighted average of member scores; candidates are the latest runs of the named variants (or the
+    given runs), and members and weights are picked greedily on validation (``select_members``)."""
 
     name = "ensemble"
     DEFAULTS: dict[str, Any] = {
