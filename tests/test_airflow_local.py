@@ -37,6 +37,9 @@ def test_launcher_starts_airflow_and_stops_everything_on_ctrl_c(tmp_path: Path) 
     launcher = subprocess.Popen(
         [str(REPO / "scripts" / "airflow-local"), "--no-login"], env=env, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True,  # its own group: Ctrl-C is sent to it below
+        # A shell started with SIGINT ignored (as under `nohup ... &`) cannot trap it: start it as a
+        # terminal would, with SIGINT at its default, whatever the test runner inherited.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     descendants: list[psutil.Process] = []
     try:
