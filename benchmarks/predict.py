@@ -97,8 +97,9 @@ def throughput(artifact: Path, data: Path, batch_size: int | None, limit: int | 
     """
     from patentml.predict import Predictor, predict_stream
 
-    if "patentml.variants.embed" in sys.modules:  # sentence vectors of an earlier model must not help this one
-        sys.modules["patentml.variants.embed"]._RECENT.clear()
+    from patentml.variants.embed import forget_recent
+
+    forget_recent()  # sentence vectors of an earlier model must not help this one
     predictor = Predictor(artifact)
     predictor.predict(["warm up the model with one short abstract about a vehicle brake"])
     with open(data, encoding="utf-8") as fh, open(os.devnull, "w") as sink:

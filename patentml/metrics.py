@@ -106,6 +106,17 @@ def _example_f1_sum(truth: np.ndarray, pred: np.ndarray, n_true: np.ndarray) -> 
     return float(np.divide(2.0 * tp, denom, out=np.zeros(len(tp)), where=denom > 0).sum())
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` highest scores per row, highest first (ties by column order).
+
+    argpartition finds them in O(columns) per row; only those ``k`` are then sorted.
+    """
+    k = max(1, min(int(k), scores.shape[1]))
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (n, k), unordered
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
 def at_k(y_true: Any, scores: Any, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Ranked metrics of DeepPatent/PatentBERT: ``p@k``, ``r@k``, ``f1@k`` for each k.
 
@@ -119,10 +130,7 @@ def at_k(y_true: Any, scores: Any, ks: Sequence[int] = DEFAULT_KS) -> dict[str, 
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive, got {ks}")
     k_max = min(max(ks), n_labels)
-    # argpartition finds the top k_max in O(L) per row; only those k_max are then sorted.
-    top = np.argpartition(-score, k_max - 1, axis=1)[:, :k_max]  # (n, k_max), unordered
-    order = np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)  # (n, k_max), best first
+    top = top_k(score, k_max)  # (n, k_max), best first
     hits = np.take_along_axis(truth, top, axis=1).cumsum(axis=1)  # (n, k_max): true labels among the first j+1
     n_true = truth.sum(axis=1)
     result: dict[str, float] = {}

@@ -97,6 +97,11 @@ _RECENT: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
 RECENT_MAX = 50_000
 
 
+def forget_recent() -> None:
+    """Empty this process's vector memo (benchmarks: one model's vectors must not speed up the next)."""
+    _RECENT.clear()
+
+
 def embed_corpus(encoder: SentenceEncoder, texts: Sequence[str], cache: EmbeddingCache | None,
                  progress: bool = False) -> tuple[np.ndarray, int]:
     """Vectors for ``texts``, encoding only those neither this process nor the cache has; returns
@@ -125,6 +130,10 @@ def embed_corpus(encoder: SentenceEncoder, texts: Sequence[str], cache: Embeddin
     return vectors, len(missing)
 
 
+#: A split as (sentence vectors, multi-hot labels, texts).
+EmbeddedSplit = tuple[np.ndarray, np.ndarray, list[str]]
+
+
 class EmbeddingBackend(Backend):
     """Shared by the backends on frozen sentence embeddings: the encoder, its settings and its files."""
 
@@ -147,8 +156,7 @@ class EmbeddingBackend(Backend):
                                            int(self.params["encode_batch_size"]), tag=self.params.get("encoder_tag"))
         return self.encoder
 
-    def _embed_splits(self, train: Corpus, valid: Corpus,
-                      ctx: FitContext) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    def _embed_splits(self, train: Corpus, valid: Corpus, ctx: FitContext) -> dict[str, EmbeddedSplit]:
         """(vectors, multi-hot labels, texts) of both splits, vectors from the cache where it has them."""
         data = {}
         for name, corpus in (("train", train), ("valid", valid)):
@@ -269,8 +277,8 @@ class EmbedLinear(EmbeddingBackend):
         if p["fine_tune"]:
             self._fine_tune(data["train"], data["valid"], best, ctx, loss_fn, first_epoch=epoch + 1)
 
-    def _fine_tune(self, train: tuple[np.ndarray, np.ndarray, list[str]], valid: tuple[np.ndarray, np.ndarray, list[str]],
-                   frozen_f1: float, ctx: FitContext, loss_fn: Any, first_epoch: int) -> None:
+    def _fine_tune(self, train: EmbeddedSplit, valid: EmbeddedSplit, frozen_f1: float, ctx: FitContext,
+                   loss_fn: Any, first_epoch: int) -> None:
         """Train the encoder and the head together from the frozen-encoder head, a few epochs at a small
         learning rate; keep the epoch with the best validation F1, or the frozen encoder if none beats it."""
         import uuid
@@ -305,7 +313,8 @@ class EmbedLinear(EmbeddingBackend):
             # Random batches of similar length: shuffle, then sort inside windows of 50 batches.
             perm = rng.permutation(len(texts))
             window = bs * 50
-            perm = np.concatenate([w[np.argsort(lengths[w], kind="stable")] for w in np.split(perm, range(window, len(perm), window))])
+            windows = np.split(perm, range(window, len(perm), window))
+            perm = np.concatenate([w[np.argsort(lengths[w], kind="stable")] for w in windows])
             batches = [perm[i : i + bs] for i in range(0, len(perm), bs)]
             rng.shuffle(batches)
             total = 0.0
@@ -321,13 +330,15 @@ class EmbedLinear(EmbeddingBackend):
                 total += float(loss.detach()) * len(rows)
             head.eval()
             with torch.inference_mode():
-                scores = torch.sigmoid(head(torch.from_numpy(encoder.encode(valid_texts)).to(device))).float().cpu().numpy()
+                vectors = torch.from_numpy(encoder.encode(valid_texts)).to(device)
+                scores = torch.sigmoid(head(vectors)).float().cpu().numpy()
             f1 = choose_threshold(truth, scores, keep_top=True)[1] if len(truth) else 0.0
             p1 = at_k(truth, scores, ks=(1,))["p@1"] if len(truth) else 0.0
             seconds = time.perf_counter() - started
             log.info("fine-tuning epoch %d: train loss %.4f, validation F1 %.4f P@1 %.4f (%.0f s)", epoch,
                      total / len(texts), f1, p1, seconds)
-            ctx.on_epoch(EpochLog(first_epoch + epoch - 1, total / len(texts), None, f1, p1, seconds, len(texts) / max(seconds, 1e-9)))
+            ctx.on_epoch(EpochLog(first_epoch + epoch - 1, total / len(texts), None, f1, p1, seconds,
+                                  len(texts) / max(seconds, 1e-9)))
             if f1 > best + 1e-6 or p["fine_tune_select"] == "last":
                 best = f1
                 best_state = ({k: v.detach().cpu().clone() for k, v in encoder.model.state_dict().items()},
@@ -378,11 +389,10 @@ KNN_FILE = "neighbours.safetensors"
 
 def nearest(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most similar memory rows per query row, most similar first: (indices, similarities)."""
-    k = max(1, min(int(k), sim.shape[1]))
-    idx = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.tile(np.arange(k), (len(sim), 1))
-    top = np.take_along_axis(sim, idx, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+    from patentml.metrics import top_k
+
+    idx = top_k(sim, k)
+    return idx, np.take_along_axis(sim, idx, axis=1)
 
 
 def vote(idx: np.ndarray, sims: np.ndarray, memory_labels: Any, power: float) -> np.ndarray:
@@ -450,7 +460,7 @@ class EmbedKNN(EmbeddingBackend):
         from patentml.variants.linear import TfidfFeatures
 
         super().__init__(labels, params)
-        self.memory: np.ndarray | None = None  # (n_train, dim) unit vectors
+        self.memory: np.ndarray | None = None  # (n_train, dim) unit vectors, float32
         self.memory_labels: Any = None  # scipy CSR (n_train, labels)
         self.features = TfidfFeatures(self.params)
         self.text_memory: Any = None  # scipy CSR (n_train, features) when text_weight > 0
@@ -466,16 +476,17 @@ class EmbedKNN(EmbeddingBackend):
 
         started = time.perf_counter()
         data = self._embed_splits(train, valid, ctx)
-        xt, yt, _ = data["train"]
-        xv, yv, _ = data["valid"]
-        self.memory = xt.astype(np.float16)
+        xt, yt, train_texts = data["train"]
+        xv, yv, valid_texts = data["valid"]
+        # Stored as float16: round now, so the scores chosen on here are those the saved model gives.
+        self.memory = xt.astype(np.float16).astype(np.float32)
         self.memory_labels = sp.csr_matrix(yt)
-        memory = self.memory.astype(np.float32)
+        memory = self.memory
         text_weights = self._grid("text_weight")
         text_x = None
         if any(w > 0 for w in text_weights):
-            self.text_memory = self.features.fit_transform(collect(train)[1])
-            text_x = self.features.transform(collect(valid)[1])
+            self.text_memory = self.features.fit_transform(train_texts)
+            text_x = self.features.transform(valid_texts)
         truth = yv > 0
         ks = [int(k) for k in self._grid("k")]
         best: tuple[float, float, dict[str, float]] = (-1.0, 0.0, {})
@@ -500,7 +511,7 @@ class EmbedKNN(EmbeddingBackend):
     def predict_scores(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         assert self.memory is not None, "fit or load the model first"
         tw = float(self.params["text_weight"])
-        return knn_scores(self._vectors(texts), self.memory.astype(np.float32), self.memory_labels,
+        return knn_scores(self._vectors(texts), self.memory, self.memory_labels,
                           int(self.params["k"]), float(self.params["power"]),
                           self.features.transform(texts) if tw > 0 else None, self.text_memory, tw)
 
@@ -512,7 +523,8 @@ class EmbedKNN(EmbeddingBackend):
     def _save(self, folder: Path) -> None:
         assert self.memory is not None
         y = self.memory_labels
-        arrays = {"memory": self.memory, "indptr": y.indptr.astype(np.int64), "indices": y.indices.astype(np.int32)}
+        arrays = {"memory": self.memory.astype(np.float16), "indptr": y.indptr.astype(np.int64),
+                  "indices": y.indices.astype(np.int32)}
         if self.text_memory is not None:
             t = self.text_memory
             arrays.update(self.features.save(folder))
@@ -528,7 +540,7 @@ class EmbedKNN(EmbeddingBackend):
         memory, indptr, indices = arrays["memory"], arrays["indptr"], arrays["indices"]
         if memory.ndim != 2 or len(indptr) != len(memory) + 1 or (len(indices) and indices.max() >= len(self.labels)):
             raise ConfigError(f"{folder / KNN_FILE}: inconsistent neighbour arrays for {len(self.labels)} labels")
-        self.memory = memory
+        self.memory = memory.astype(np.float32)
         self.memory_labels = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
                                            shape=(len(memory), len(self.labels)))
         if float(self.params["text_weight"]) > 0:
