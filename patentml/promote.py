@@ -25,7 +25,6 @@ verifying it again, because the model id is derived from the run and its manifes
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import tempfile
@@ -49,16 +48,16 @@ DATASET = "full"
 SPLIT = "test"
 #: Float noise below this is a tie.
 EPS = 1e-9
-_LOCK_NAMESPACE = "patentml-promote:"
 
 
 # --- small helpers ------------------------------------------------------------------------------
 
 
 def lock_key(store_uri: str) -> int:
-    """The ``pg_advisory_xact_lock`` key that serialises promotions into one store (a signed int64)."""
-    digest = hashlib.sha256((_LOCK_NAMESPACE + store_uri).encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    """The ``pg_advisory_xact_lock`` key that serialises promotions into one store."""
+    from patentml.db import locks
+
+    return locks.promotion(store_uri)
 
 
 def artifact_rule(decision: dict[str, Any] | None) -> str:

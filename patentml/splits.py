@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
+from patentml.db import locks
 from patentml.exceptions import DataError
 from patentml.settings import Settings
 
@@ -100,7 +101,7 @@ def rebuild(engine: "Engine", label_scheme: str = "CPC") -> SnapshotInfo:
     try:
         cur = raw.cursor()
         # One snapshot build at a time; concurrent callers get the finished one.
-        cur.execute("SELECT pg_advisory_xact_lock(7243903)")
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (locks.SPLITS,))
         cur.execute(
             f"""
             CREATE TEMP TABLE cand ON COMMIT DROP AS

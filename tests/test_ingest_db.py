@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from patentml.exceptions import IngestError, SourceNotFoundError, UnknownFormatError
 from patentml.ingest import BatchSummary, ingest
-from patentml.ingest.loader import INGEST_LOCK
+from patentml.db import locks
 from tests.conftest import REPO, needs_shared, shared_data_files
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -591,7 +591,7 @@ def _lock_holders(engine) -> list[int]:  # type: ignore[no-untyped-def]
         engine,
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND classid = 0 "
         "AND objid = :k AND granted",
-        k=INGEST_LOCK,
+        k=locks.INGEST,
     )]
 
 

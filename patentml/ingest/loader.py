@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from patentml.db import locks
 from patentml.ingest.records import Item, PatentRecord, RejectedRecord, SkippedRecord
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INGEST_LOCK = 7_243_902
 #: Bytes of COPY text handed to Postgres at a time (what the client holds, besides one item).
 BLOCK_BYTES = 1 << 18
 SNIPPET_CHARS = 300
@@ -405,7 +405,7 @@ def load_items(
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (INGEST_LOCK,))
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (locks.INGEST,))
         cur.execute(
             "INSERT INTO ingest_batches (source, format, status) VALUES (%s, %s, 'running') "
             "RETURNING batch_id",

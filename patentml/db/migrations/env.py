@@ -5,10 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
+from patentml.db import locks
 from patentml.db.models import Base
-
-# Any two processes migrating at once wait for each other instead of racing on DDL.
-MIGRATION_LOCK = 7_243_901
 
 config = context.config
 connection = config.attributes.get("connection")
@@ -16,6 +14,6 @@ if connection is None:  # pragma: no cover - PatentML always passes a connection
     raise RuntimeError("Run migrations through 'patentml db upgrade', which passes the connection")
 
 context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
-connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": locks.MIGRATION})
 with context.begin_transaction():
     context.run_migrations()
