@@ -8,8 +8,9 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics import precision_recall_fscore_support
 
-#: Paper (section 6): a label is predicted when its sigmoid output reaches 0.5.
-DEFAULT_THRESHOLD = 0.5
+from patentml.decision import PAPER_THRESHOLD as DEFAULT_THRESHOLD
+from patentml.decision import TIE_EPS, decide
+
 DEFAULT_KS = (1, 5)
 #: Candidate thresholds for choosing a decision rule on validation data.
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
@@ -49,41 +50,11 @@ def _check(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     return truth, score
 
 
-def _thresholds(threshold: float, per_label_thresholds: Any, n_labels: int) -> np.ndarray | float:
-    """The global threshold, or per-label ones where NaN entries fall back to it."""
-    if per_label_thresholds is None:
-        return float(threshold)
-    per_label = np.asarray(per_label_thresholds, dtype=np.float64)
-    if per_label.shape != (n_labels,):
-        raise ValueError(f"per_label_thresholds must have shape ({n_labels},), got {per_label.shape}")
-    return np.where(np.isnan(per_label), float(threshold), per_label)
-
-
 def _top_mask(scores: np.ndarray) -> np.ndarray:
     """(n, L) bool: True at each patent's highest-scoring label."""
     mask = np.zeros(scores.shape, dtype=bool)
     mask[np.arange(scores.shape[0]), scores.argmax(axis=1)] = True
     return mask
-
-
-def decide(
-    scores: Any,
-    threshold: float = DEFAULT_THRESHOLD,
-    keep_top: bool = False,
-    per_label_thresholds: Any = None,
-) -> np.ndarray:
-    """Predicted label sets (n, L) bool: ``score >= threshold`` (per label when given, NaN = global).
-
-    ``keep_top`` also predicts each patent's best label, so no patent is left without a label
-    (the paper: 20 % of its predictions were empty although every patent has a label).
-    """
-    score = np.asarray(scores)
-    if score.ndim != 2:
-        raise ValueError(f"scores must be 2-D (patents, labels), got shape {score.shape}")
-    predicted = score >= _thresholds(threshold, per_label_thresholds, score.shape[1])
-    if keep_top and score.shape[0]:
-        predicted[np.arange(score.shape[0]), score.argmax(axis=1)] = True
-    return predicted
 
 
 def example_prf(y_true: Any, y_pred: Any) -> dict[str, float]:
@@ -268,7 +239,7 @@ def choose_threshold(
         if top is not None:
             pred |= top
         total = _example_f1_sum(truth, pred, n_true)
-        if total > best_sum + 1e-9:
+        if total > best_sum + TIE_EPS:
             best_threshold, best_sum = threshold, total
     return best_threshold, best_sum / truth.shape[0]
 
@@ -318,7 +289,7 @@ def choose_per_label_thresholds(
             f1_sum = np.divide(2.0 * trial_tp, denom, out=np.zeros(trial.shape), where=denom > 0).sum(axis=0)
             current = int(np.searchsorted(candidates, thresholds[j]))
             best = int(np.argmax(f1_sum))
-            if f1_sum[best] > f1_sum[current] + 1e-9:
+            if f1_sum[best] > f1_sum[current] + TIE_EPS:
                 thresholds[j] = candidates[best]
                 new_col = trial[:, best]
                 tp[rows] = base_tp + (new_col & col_true)

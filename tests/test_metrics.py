@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -260,12 +259,11 @@ def test_evaluate_accepts_sparse_truth_and_rejects_bad_input() -> None:
         evaluate_scores(Y_TRUE, np.where(SCORES > 0.8, np.nan, SCORES), LABELS)
 
 
-def test_evaluate_matches_sklearn_and_is_fast_at_paper_scale() -> None:
-    # 4,000 test patents x 630 subclasses, the size of a nightly evaluation on the subset.
+def test_evaluate_matches_sklearn_at_paper_scale() -> None:
+    # 4,000 test patents x 630 subclasses, the size of a nightly evaluation on the subset (its speed:
+    # benchmarks/metrics.py).
     y, s, names = random_problem(4000, 630, seed=0)
-    start = time.perf_counter()
     result = evaluate_scores(y, s.astype(np.float32), names, threshold=0.4, keep_top=True)
-    elapsed = time.perf_counter() - start
     pred = decide(s.astype(np.float32), 0.4, keep_top=True)
     assert result["example"] == pytest.approx(sklearn_samples(y, pred))
     sections = result["sections"]
@@ -275,8 +273,3 @@ def test_evaluate_matches_sklearn_and_is_fast_at_paper_scale() -> None:
         p, r, f, _ = precision_recall_fscore_support(y[:, cols], pred[:, cols], average="micro", zero_division=0)
         assert [sections[section][key] for key in ("precision", "recall", "f1")] == pytest.approx([p, r, f])
         assert sections[section]["n_patents"] == int(y[:, cols].any(axis=1).sum())
-    assert elapsed < 3.0, f"evaluate_scores took {elapsed:.2f} s"
-    start = time.perf_counter()
-    choose_threshold(y, s)
-    choose_per_label_thresholds(y, s, 0.4)
-    assert time.perf_counter() - start < 5.0

@@ -63,11 +63,11 @@ def _docs(n: int, seed: int) -> list[tuple[str, str, list[str]]]:
 def test_save_load_round_trip_gives_identical_predictions(variant: str, tmp_path: Path) -> None:
     """A backend fitted in memory predicts exactly the same after save -> artifact -> Predictor."""
     from patentml.artifact import write_manifest
-    from patentml.variants import ENCODERS
+    from patentml.variants import backend_class
 
     labels = FIRST_FIVE
     params = {**GLOVE_OVERRIDES, "epochs": 1, "batch_size": 16} if variant == "glove" else {"min_df": 1}
-    backend = ENCODERS[variant][0]()(labels, params)
+    backend = backend_class(variant)(labels, params)
     backend.fit(ListCorpus(_docs(80, 3)), ListCorpus(_docs(20, 4)), FitContext(work_dir=tmp_path / "work"))
     before = backend.predict_scores(TEXTS)
     folder = tmp_path / "artifact"

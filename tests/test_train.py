@@ -52,7 +52,7 @@ def test_glove_run_learns_and_records_everything(engine, glove_run) -> None:
                                    "WHERE run_id = :r ORDER BY epoch"), {"r": glove_run}).all()
         # predictions are stored under the rule the model applies (tuned, or per_label when it won)
         tuned = conn.execute(text("SELECT m.* FROM run_metrics m JOIN runs r USING (run_id) WHERE run_id = :r "
-                                  "AND split = 'test' AND rule = r.decision_rule->>'name'"),
+                                  "AND split = 'test' AND m.rule = r.rule"),
                              {"r": glove_run}).mappings().one()
         preds = conn.execute(text("SELECT true_labels, pred_labels FROM predictions WHERE run_id = :r"),
                              {"r": glove_run}).all()
@@ -68,7 +68,9 @@ def test_glove_run_learns_and_records_everything(engine, glove_run) -> None:
     assert tuned["n_patents"] == len(preds) and sections >= 1
 
 
-def test_artifact_round_trip_gives_identical_scores(engine, glove_run) -> None:
+def test_artifact_round_trip_gives_identical_scores(engine, settings, glove_run) -> None:
+    from patentml.artifact import file_sha256
+
     folder = artifact_path(engine, glove_run)
     model = load_backend(folder)
     texts = [TOPICS["G06F"], TOPICS["H04L"] + " " + TOPICS["G06F"]]
@@ -76,14 +78,29 @@ def test_artifact_round_trip_gives_identical_scores(engine, glove_run) -> None:
     assert np.array_equal(model.predict_scores(texts), again)
     assert model.labels[int(again[0].argmax())] == "G06F"
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["run_id"] == glove_run and "metrics.json" in manifest["files"]
+    assert manifest["run_id"] == glove_run and manifest["variant"] == "glove-wbce-full"
     assert not any(p.suffix in (".pkl", ".pickle", ".pt") for p in folder.rglob("*"))
+    # Artifacts stay as trained: evaluating again writes rows, not files, so the model id cannot change.
+    before = {p: file_sha256(p) for p in folder.rglob("*") if p.is_file()}
+    evaluate_run(engine, glove_run, settings)
+    assert {p: file_sha256(p) for p in folder.rglob("*") if p.is_file()} == before
+    assert "metrics.json" not in manifest["files"]
+
+
+def test_runs_settings_hold_what_fit_resolved(engine, settings, glove_run) -> None:
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT settings, rule, decision_rule FROM runs WHERE run_id = :r"),
+                           {"r": glove_run}).mappings().one()
+    assert row["settings"]["loss"] == "wbce" and row["settings"]["epochs"] == 4 and row["settings"]["lr"] == 3e-3
+    from patentml.decision import rule_name
+
+    assert row["rule"] == rule_name(row["decision_rule"])
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(engine, settings, snapshot, monkeypatch) -> None:
-    import patentml.variants.cnn as cnn
+    import patentml.nn.loop as loop
 
-    real_save = cnn._atomic_torch_save
+    real_save = loop._atomic_torch_save
     calls = {"n": 0}
 
     def interrupt_on_second_epoch(obj, path):  # type: ignore[no-untyped-def]
@@ -92,14 +109,14 @@ def test_interrupted_run_resumes_from_its_checkpoint(engine, settings, snapshot,
             raise KeyboardInterrupt
         real_save(obj, path)
 
-    monkeypatch.setattr(cnn, "_atomic_torch_save", interrupt_on_second_epoch)
+    monkeypatch.setattr(loop, "_atomic_torch_save", interrupt_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train("glove-bce-full", settings, epochs=3, batch_size=16, overrides=TINY | {"patience": 5}, engine=engine)
     with engine.connect() as conn:
         run_id, status, done = conn.execute(
             text("SELECT run_id, status, epochs_done FROM runs ORDER BY run_id DESC LIMIT 1")).one()
     assert status == "interrupted" and done == 1
-    monkeypatch.setattr(cnn, "_atomic_torch_save", real_save)
+    monkeypatch.setattr(loop, "_atomic_torch_save", real_save)
     assert resume(run_id, settings, engine=engine) == run_id
     with engine.connect() as conn:
         status, done = conn.execute(text("SELECT status, epochs_done FROM runs WHERE run_id = :r"), {"r": run_id}).one()

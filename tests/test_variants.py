@@ -11,9 +11,25 @@ from patentml.ingest import ingest
 from patentml.splits import rebuild
 from patentml.train import artifact_path, train
 from patentml.variants import known_variants, parse_variant
-from patentml.variants.base import load_backend
+from patentml.variants.base import FitContext, ListCorpus, load_backend
 from patentml.variants.ensemble import simplex_grid
-from tests.toy import write_toy_jsonl
+from tests.toy import toy_records, write_toy_jsonl
+
+
+def toy_corpora(n: int = 300, seed: int = 3) -> tuple[ListCorpus, ListCorpus, ListCorpus, list[str]]:
+    """Train/valid/test lists of the toy corpus and its label space: backends that need no database get these."""
+    docs = [(r["id"], r["abstract"], r["labels"]) for r in toy_records(n, seed)]
+    train, valid, test = docs[: n * 6 // 10], docs[n * 6 // 10 : n * 8 // 10], docs[n * 8 // 10 :]
+    return ListCorpus(train), ListCorpus(valid), ListCorpus(test), sorted({l for _, _, ls in train for l in ls})
+
+
+def fit_in_memory(encoder: str, tmp_path, params: dict, members=()):  # type: ignore[no-untyped-def]
+    from patentml.variants import backend_class
+
+    train_c, valid_c, _, labels = toy_corpora()
+    backend = backend_class(encoder)(labels, params)
+    backend.fit(train_c, valid_c, FitContext(work_dir=tmp_path, members=list(members)))
+    return backend
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +52,36 @@ def test_simplex_grid_by_hand() -> None:
     assert all(abs(sum(w) - 1) < 1e-9 for w in simplex_grid(3, 0.1))
 
 
-def test_tfidf_svm_ranks_and_thresholds(engine, settings, snapshot) -> None:
-    run_id = train("tfidf-svm-full", settings, overrides={"min_df": 1}, engine=engine)
-    summary = evaluate_run(engine, run_id, settings)
-    assert summary["rules"]["tuned"]["p_at_1"] > 0.8 and summary["rules"]["tuned"]["f1"] > 0.6
-    # Per-patent scores from the stored predictions add up to the run's metrics (for report --compare).
+def test_tfidf_svm_ranks_in_memory(tmp_path) -> None:
+    from patentml.metrics import at_k
+    from patentml.labels import multi_hot
+
+    model = fit_in_memory("tfidf-svm", tmp_path, {"min_df": 1})
+    _, _, test, _ = toy_corpora()
+    texts, truth = [t for _, t, _ in test], multi_hot([ls for _, _, ls in test], model.labels) > 0
+    assert at_k(truth, model.predict_scores(texts), ks=(1,))["p@1"] > 0.8
+    model.save(tmp_path / "model")
+    assert np.allclose(load_backend(tmp_path / "model").predict_scores(texts), model.predict_scores(texts))
+
+
+def test_per_patent_scores_add_up_and_compare_two_runs(engine, settings, snapshot) -> None:
+    svm = train("tfidf-svm-full", settings, overrides={"min_df": 1}, engine=engine)
+    weak = train("tfidf-full", settings, overrides={"min_df": 1, "C": 0.01}, engine=engine)
+    summary = evaluate_run(engine, svm, settings)
+    weak_summary = evaluate_run(engine, weak, settings)
+    # Per-patent scores from the stored predictions add up to the run's own-rule metrics (report --compare).
     from patentml.report import compare_runs, per_patent_scores
 
-    per = per_patent_scores(engine, run_id)
-    chosen = summary["rules"]["per_label" if summary["chosen_rule"] == "per_label" else "tuned"]
+    per, chosen = per_patent_scores(engine, svm), summary["rules"][summary["rule"]]
     assert len(per) == summary["n_patents"]
     assert np.mean([f for f, _ in per.values()]) == pytest.approx(chosen["f1"], abs=1e-6)
     assert np.mean([p for _, p in per.values()]) == pytest.approx(chosen["p_at_1"], abs=1e-6)
-    assert "| example F1 |" in compare_runs(engine, run_id, run_id, n=50) and "+0.0 .. +0.0" in compare_runs(
-        engine, run_id, run_id, n=50)
+    table = compare_runs(engine, svm, weak, n=200)
+    weak_f1 = weak_summary["rules"][weak_summary["rule"]]["f1"]
+    row = next(line for line in table.splitlines() if line.startswith("| example F1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{100 * chosen['f1']:.1f}" and cells[2] == f"{100 * weak_f1:.1f}"
+    assert float(cells[3]) == pytest.approx(100 * (chosen["f1"] - weak_f1), abs=0.11)
 
 
 def test_paired_bootstrap_by_hand() -> None:
@@ -83,32 +115,38 @@ def test_embed_linear_caches_vectors_by_text_hash(engine, settings, snapshot) ->
     assert np.allclose(model.predict_scores(texts), again.predict_scores(texts))
 
 
-def test_ensemble_blends_members_and_travels_as_one_artifact(engine, settings, snapshot) -> None:
-    tf = train("tfidf-full", settings, overrides={"min_df": 1}, engine=engine)
-    glove = train("glove-wbce-full", settings, epochs=2, batch_size=16,
-                  overrides={"glove_path": "random", "embed_dim": 16, "num_filters": 8, "hidden": 16}, engine=engine)
-    ens = train("ensemble-full", settings, overrides={"member_runs": [tf, glove]}, engine=engine)
-    folder = artifact_path(engine, ens)
-    model = load_backend(folder)
-    assert model.member_runs and set(model.member_runs) <= {tf, glove}
+def test_ensemble_blends_the_members_it_is_handed_and_travels_as_one_artifact(tmp_path) -> None:
+    tf = fit_in_memory("tfidf", tmp_path / "tf", {"min_df": 1})
+    glove = fit_in_memory("glove", tmp_path / "glove", {"loss": "wbce", "epochs": 2, "batch_size": 16,
+                                                        "glove_path": "random", "embed_dim": 16, "num_filters": 8,
+                                                        "hidden": 16})
+    ens = fit_in_memory("ensemble", tmp_path / "ens", {}, members=[(11, tf), (12, glove)])
+    ens.save(tmp_path / "ens" / "model")
+    model = load_backend(tmp_path / "ens" / "model")
+    assert model.member_runs and set(model.member_runs) <= {11, 12}
     assert abs(sum(model.weights) - 1) < 1e-9
     texts = ["gear shaft clutch", "heterocyclic compound salt"]
-    expected = sum(w * load_backend(artifact_path(engine, r)).predict_scores(texts)
-                   for w, r in zip(model.weights, model.member_runs))
+    by_run = {11: tf, 12: glove}
+    expected = sum(w * by_run[r].predict_scores(texts) for w, r in zip(model.weights, model.member_runs))
     assert np.allclose(model.predict_scores(texts), expected, atol=1e-6)
-    summary = evaluate_run(engine, ens, settings)
-    with engine.connect() as conn:
-        tf_f1 = conn.execute(text("SELECT f1 FROM run_metrics WHERE run_id = :r AND rule = 'tuned'"), {"r": tf}).scalar()
-    if tf_f1 is None:
-        tf_f1 = evaluate_run(engine, tf, settings)["rules"]["tuned"]["f1"]
-    # Weights are chosen on validation; on this separable toy the blend is at least nearly as good.
-    assert summary["rules"]["tuned"]["f1"] >= tf_f1 - 0.05
+
+
+def test_ensemble_members_come_from_finished_runs(engine, settings, snapshot) -> None:
+    tf = train("tfidf-full", settings, overrides={"min_df": 1}, engine=engine)
+    svm = train("tfidf-svm-full", settings, overrides={"min_df": 1}, engine=engine)
+    ens = train("ensemble-full", settings, overrides={"member_runs": [tf, svm]}, engine=engine)
+    model = load_backend(artifact_path(engine, ens))
+    assert set(model.member_runs) <= {tf, svm}
+    from patentml.exceptions import DataError
+
+    with pytest.raises(DataError, match="do not exist or did not succeed"):
+        train("ensemble-full", settings, overrides={"member_runs": [tf, 999_999]}, engine=engine)
 
 
 def test_knn_scores_by_hand() -> None:
     import scipy.sparse as sp
 
-    from patentml.variants.embed import knn_scores
+    from patentml.knn import knn_scores
 
     memory = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
     labels = sp.csr_matrix(np.array([[1, 0], [1, 1], [0, 1]], dtype=np.float32))
@@ -136,19 +174,30 @@ def test_greedy_member_selection_by_hand() -> None:
     assert select_members(truth, [noise, a, b], step=0.5, max_members=1, min_gain=0.01)[0] in ([1], [2])
 
 
-def test_hybrid_knn_chooses_k_on_validation_and_round_trips(engine, settings, snapshot) -> None:
-    run_id = train("embed-knn-full", settings, overrides={"max_length": 32, "k_grid": [3, 5], "power_grid": [1.0],
-                                                             "text_weight_grid": [0.5], "min_df": 1}, engine=engine)
-    folder = artifact_path(engine, run_id)
-    model = load_backend(folder)
-    assert model.params["k"] in (3, 5) and model.params["power"] == 1.0 and model.params["text_weight"] == 0.5
+def test_hybrid_knn_learns_k_on_validation_as_artifact_state(tmp_path) -> None:
+    model = fit_in_memory("embed-knn", tmp_path, {"max_length": 32, "k_grid": [3, 5], "power_grid": [1.0],
+                                                   "text_weight_grid": [0.5], "min_df": 1})
+    # What fit chose is state, not a rewritten setting: the settings still say "auto".
+    assert model.params["k"] == "auto" and model.learned["k"] in (3, 5)
+    assert model.learned["power"] == 1.0 and model.learned["text_weight"] == 0.5
+    assert model.resolved_params()["k"] == model.learned["k"]
     assert model.text_memory is not None and model.text_memory.shape[0] == model.memory.shape[0]
-    summary = evaluate_run(engine, run_id, settings)
-    assert summary["rules"]["tuned"]["p_at_1"] > 0.6
+    model.save(tmp_path / "model")
+    fresh = load_backend(tmp_path / "model")
+    assert fresh.learned == model.learned and fresh.params["k"] == "auto"
     texts = ["a network packet router", "maize seed"]
-    fresh = load_backend(folder)
     assert np.allclose(model.predict_scores(texts), fresh.predict_scores(texts), atol=1e-6)
     assert ((model.predict_scores(texts) >= 0) & (model.predict_scores(texts) <= 1 + 1e-6)).all()
+
+
+def test_knn_run_records_the_resolved_settings(engine, settings, snapshot) -> None:
+    run_id = train("embed-knn-full", settings, overrides={"max_length": 32, "k_grid": [3, 5], "power_grid": [1.0],
+                                                             "text_weight_grid": [0.0]}, engine=engine)
+    with engine.connect() as conn:
+        recorded = conn.execute(text("SELECT settings FROM runs WHERE run_id = :r"), {"r": run_id}).scalar()
+    assert recorded["k"] == load_backend(artifact_path(engine, run_id)).learned["k"] and recorded["k"] in (3, 5)
+    summary = evaluate_run(engine, run_id, settings)
+    assert summary["rules"][summary["rule"]]["p_at_1"] > 0.6
 
 
 def test_embed_linear_fine_tunes_the_encoder_and_reloads_it(engine, settings, snapshot) -> None:
@@ -161,7 +210,7 @@ def test_embed_linear_fine_tunes_the_encoder_and_reloads_it(engine, settings, sn
     assert model.params["fine_tune"]
     # The tuned weights travel in the artifact and are named apart from the base encoder's vectors.
     assert (folder / "encoder" / "model.safetensors").exists()
-    assert model.params["encoder_tag"].startswith("ft-")
+    assert model.learned["encoder_tag"].startswith("ft-")
     base = load_backend(artifact_path(engine, train("embed-linear-full", settings, overrides={**tiny, "fine_tune": False},
                                                     engine=engine)))
     assert model._encoder().key != base._encoder().key

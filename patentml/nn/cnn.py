@@ -299,4 +299,18 @@ class PaperCNN(nn.Module):
             self.train(was_training)
 
 
-__all__ = ["CNNConfig", "INPUT_MODES", "PaperCNN"]
+class EncoderCNN(nn.Module):
+    """A BERT-family encoder feeding its token vectors to the paper's CNN (BERT+CNN fine-tuning)."""
+
+    def __init__(self, encoder: nn.Module, cnn: PaperCNN) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.cnn = cnn
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = (torch.arange(input_ids.size(1), device=input_ids.device)[None, :] < lengths[:, None]).long()
+        hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, seq, dim)
+        return self.cnn(hidden.float(), lengths)  # (batch, labels)
+
+
+__all__ = ["CNNConfig", "EncoderCNN", "INPUT_MODES", "PaperCNN"]

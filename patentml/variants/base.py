@@ -1,4 +1,9 @@
-"""What every variant backend is: fit on streamed training data, score texts, save to and load from a folder."""
+"""What every variant backend is: fit on the inputs the caller hands it, score texts, save to and load from a folder.
+
+Capabilities are class attributes, so the registry, training, prediction, the CLI and the DAGs read
+them without instantiating anything. Backend modules keep heavy imports (numpy, torch, scikit-learn)
+inside methods: importing a backend module must stay cheap.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Protocol, Sequence
 
-import numpy as np
-
+from patentml.decision import DecisionRule
 from patentml.exceptions import ArtifactError, ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +26,10 @@ DECISION_FILE = "decision.json"
 FORMAT_VERSION = 1
 
 Doc = tuple[str, str, list[str]]  # (patent_id, abstract, labels)
+
+#: Values of :attr:`Backend.caches`: sentence vectors by text hash (Postgres), token vectors per snapshot (files).
+SENTENCE_VECTORS = "sentence_vectors"
+TOKEN_VECTORS = "token_vectors"
 
 
 class Corpus(Protocol):
@@ -45,7 +56,7 @@ class ListCorpus:
 @dataclass
 class EpochLog:
     epoch: int
-    train_loss: float
+    train_loss: float | None
     valid_loss: float | None
     valid_f1: float | None
     valid_p_at_1: float | None
@@ -55,72 +66,46 @@ class EpochLog:
 
 @dataclass
 class FitContext:
-    """What a training run offers a backend: where to checkpoint, how to report, which device."""
+    """What a training run hands a backend besides the splits: where to work, how to report, and its inputs."""
 
     work_dir: Path
     device: str = "cpu"
     seed: int = 0
     progress: bool = False
+    #: Folder and key of per-snapshot caches (frozen token vectors), for backends that cache them.
     cache_dir: Path | None = None
     cache_key: str | None = None
     on_epoch: Callable[[EpochLog], None] = field(default=lambda e: None)
     #: Resume from the checkpoint in ``work_dir`` when there is one.
     resume: bool = True
-    #: Sentence-embedding cache (Postgres-backed in runs); None computes every vector.
+    #: Sentence-vector cache (Postgres-backed in runs); None computes every vector.
     embedding_cache: Any = None
-    #: The database and snapshot, for backends built from other runs (the ensemble).
-    engine: Any = None
-    snapshot_id: int | None = None
-
-
-@dataclass
-class DecisionRule:
-    """How scores become labels: a global threshold, keep-the-top-label, and optionally per-label thresholds.
-
-    ``per_label`` holds thresholds chosen on validation; they are applied only when ``use_per_label``
-    (they are kept otherwise so the evaluation can report them beside the global rule).
-    """
-
-    threshold: float = 0.5
-    keep_top: bool = False
-    per_label: list[float] | None = None
-    use_per_label: bool = False
-    name: str = "t0.5"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "keep_top": self.keep_top, "per_label": self.per_label,
-                "use_per_label": self.use_per_label, "name": self.name}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DecisionRule":
-        return cls(
-            threshold=float(data.get("threshold", 0.5)),
-            keep_top=bool(data.get("keep_top", False)),
-            per_label=data.get("per_label"),
-            use_per_label=bool(data.get("use_per_label", False)),
-            name=str(data.get("name", "custom")),
-        )
-
-    def apply(self, scores: np.ndarray) -> np.ndarray:
-        """Boolean (n, labels) decisions for probability scores (n, labels)."""
-        use = self.use_per_label and self.per_label is not None
-        thresholds = np.asarray(self.per_label, dtype=np.float32) if use else self.threshold
-        pred = scores >= thresholds
-        if self.keep_top and scores.shape[1]:
-            top = scores.argmax(axis=1)
-            pred[np.arange(scores.shape[0]), top] = True
-        return pred
+    #: For backends built from other runs (``built_from_runs``): (run id, loaded backend) of each candidate.
+    members: list[tuple[int, "Backend"]] = field(default_factory=list)
 
 
 class Backend:
     """A variant's model. Public ``fit`` merges defaults with params and calls the protected ``_fit``."""
 
     name: ClassVar[str] = "base"
+    #: The variant name carries a loss (``glove-wbce-full``) and training uses it.
+    has_loss: ClassVar[bool] = False
+    #: Training and prediction run in torch (threads and device are configured for it).
+    needs_torch: ClassVar[bool] = False
+    #: Patents per forward pass at prediction when the caller does not say.
+    predict_batch: ClassVar[int] = 256
+    #: The ``fine_tune`` setting trains the BERT-family encoder too.
+    can_fine_tune: ClassVar[bool] = False
+    #: Inputs this backend caches across runs (:data:`SENTENCE_VECTORS`, :data:`TOKEN_VECTORS`).
+    caches: ClassVar[tuple[str, ...]] = ()
+    #: Built from other finished runs (handed in as ``FitContext.members``), not trained on text.
+    built_from_runs: ClassVar[bool] = False
+    #: For ``built_from_runs``: the settings naming the candidate runs (the caller resolves them).
+    CANDIDATE_SETTINGS: ClassVar[tuple[str, ...]] = ()
     #: Defaults of this backend's settings; the paper's values where the paper has one.
     DEFAULTS: ClassVar[dict[str, Any]] = {}
-    #: Where backends on sentence embeddings may find vectors at prediction time (set by evaluation
-    #: and the ensemble to the Postgres cache); None encodes every text.
-    embedding_cache: Any = None
+    #: Settings that ``"auto"`` lets fit choose; the chosen values are artifact state (``learned``).
+    LEARNED: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
         unknown = sorted(set(params or {}) - set(self.DEFAULTS))
@@ -131,11 +116,27 @@ class Backend:
             )
         self.labels = list(labels)
         self.params: dict[str, Any] = {**self.DEFAULTS, **(params or {})}
+        #: What fit learned beyond weights (chosen k, encoder tag, ...): saved with the artifact.
+        self.learned: dict[str, Any] = {}
         self.decision = DecisionRule()
+        #: Where backends on sentence embeddings find vectors at prediction time; None encodes every text.
+        self.embedding_cache: Any = None
+
+    def uses_torch(self) -> bool:
+        """Whether this model runs in torch (a blend: whether any member does)."""
+        return self.needs_torch
+
+    def setting(self, key: str) -> Any:
+        """A setting as the model uses it: the value fit chose when it chose one, else the configured one."""
+        return self.learned.get(key, self.params[key])
+
+    def resolved_params(self) -> dict[str, Any]:
+        """The settings with every value fit chose filled in (what ``runs.settings`` records after fit)."""
+        return {**self.params, **{k: v for k, v in self.learned.items() if k in self.params}}
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, train: Corpus, valid: Corpus, ctx: FitContext) -> None:
-        if len(train) == 0:
+        if len(train) == 0 and not self.built_from_runs:
             raise ConfigError("the training split is empty: ingest more data or check the label scheme")
         self._fit(train, valid, ctx)
 
@@ -143,7 +144,7 @@ class Backend:
         raise NotImplementedError
 
     # -- inference ---------------------------------------------------------------------------
-    def predict_scores(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    def predict_scores(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
         """Probabilities (n, len(labels)) for raw abstracts."""
         raise NotImplementedError
 
@@ -155,7 +156,8 @@ class Backend:
         """Write weights and config into ``folder`` (which exists and is empty)."""
         folder.mkdir(parents=True, exist_ok=True)
         self._save(folder)
-        meta = {"format_version": FORMAT_VERSION, "backend": self.name, "params": self.params, "labels": self.labels}
+        meta = {"format_version": FORMAT_VERSION, "backend": self.name, "params": self.params,
+                "learned": self.learned, "labels": self.labels}
         (folder / MODEL_FILE).write_text(json.dumps(meta, indent=1))
         (folder / DECISION_FILE).write_text(json.dumps(self.decision.to_dict(), indent=1))
 
@@ -165,7 +167,14 @@ class Backend:
     @classmethod
     def load(cls, folder: Path) -> "Backend":
         meta = read_model_meta(folder)
-        backend = cls(meta["labels"], meta["params"])
+        params = meta["params"]
+        # Artifacts written before ``learned`` existed kept the chosen values in ``params``.
+        learned = meta.get("learned")
+        if learned is None:
+            learned = {k: v for k, v in params.items() if k in cls.LEARNED and v != "auto"}
+            params = {k: v for k, v in params.items() if k in cls.DEFAULTS or k not in cls.LEARNED}
+        backend = cls(meta["labels"], params)
+        backend.learned = dict(learned)
         backend._load(folder)
         decision = folder / DECISION_FILE
         if decision.exists():
@@ -191,18 +200,14 @@ def read_model_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def backend_by_name(name: str) -> type[Backend]:
-    from patentml.variants import ENCODERS
-
-    if name not in ENCODERS:
-        raise ArtifactError(f"model folder names an unknown backend {name!r}")
-    return ENCODERS[name][0]()
-
-
 def load_backend(folder: Path) -> Backend:
     """Load whatever backend a model folder holds."""
-    meta = read_model_meta(folder)
-    return backend_by_name(meta["backend"]).load(folder)
+    from patentml.variants import BACKENDS, backend_class
+
+    name = read_model_meta(folder)["backend"]
+    if name not in BACKENDS:
+        raise ArtifactError(f"model folder {folder} names an unknown backend {name!r}")
+    return backend_class(name).load(folder)
 
 
 def collect(corpus: "Corpus | Iterable[Doc]") -> tuple[list[str], list[str], list[list[str]]]:
@@ -215,15 +220,3 @@ def collect(corpus: "Corpus | Iterable[Doc]") -> tuple[list[str], list[str], lis
         texts.append(text)
         labels.append(ls)
     return ids, texts, labels
-
-
-def label_matrix(doc_labels: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
-    """Multi-hot (n, len(labels)) float32; labels outside the label space are ignored (and counted elsewhere)."""
-    index = {l: i for i, l in enumerate(labels)}
-    y = np.zeros((len(doc_labels), len(labels)), dtype=np.float32)
-    for row, ls in enumerate(doc_labels):
-        for l in ls:
-            j = index.get(l)
-            if j is not None:
-                y[row, j] = 1.0
-    return y

@@ -10,12 +10,13 @@ import itertools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Sequence
 
 from patentml.exceptions import ConfigError, DataError
-from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect, label_matrix, load_backend
+from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect, load_backend
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,14 @@ def simplex_grid(n: int, step: float) -> list[tuple[float, ...]]:
     return [tuple(c / k for c in combo) for combo in itertools.product(range(k + 1), repeat=n) if sum(combo) == k]
 
 
-def blend_f1(truth: np.ndarray, scores: Sequence[np.ndarray], weights: Sequence[float]) -> float:
+def blend_f1(truth: "np.ndarray", scores: Sequence["np.ndarray"], weights: Sequence[float]) -> float:
     """Validation example F1 of a weighted blend under its best global threshold (keeping the top label)."""
     from patentml.metrics import choose_threshold
 
     return choose_threshold(truth, sum(w * s for w, s in zip(weights, scores)), keep_top=True)[1]
 
 
-def select_members(truth: np.ndarray, scores: Sequence[np.ndarray], step: float, max_members: int,
+def select_members(truth: "np.ndarray", scores: Sequence["np.ndarray"], step: float, max_members: int,
                    min_gain: float) -> tuple[list[int], list[float], float]:
     """Greedy forward selection: start from the best single model, then add the member whose best
     weighting (a ``step`` simplex grid over the chosen ones) raises validation F1 most, while it
@@ -43,6 +44,10 @@ def select_members(truth: np.ndarray, scores: Sequence[np.ndarray], step: float,
 
     Returns (indices of the chosen members, their weights, validation F1).
     """
+    import numpy as np
+
+    from patentml.decision import TIE_EPS
+
     singles = [blend_f1(truth, [s], [1.0]) for s in scores]
     chosen = [int(np.argmax(singles))]
     weights, best = [1.0], singles[chosen[0]]
@@ -56,7 +61,7 @@ def select_members(truth: np.ndarray, scores: Sequence[np.ndarray], step: float,
                 if grid_weights[-1] == 0:
                     continue  # the candidate must take part
                 f1 = blend_f1(truth, trial, grid_weights)
-                if f1 > candidate[0] + 1e-9:
+                if f1 > candidate[0] + TIE_EPS:
                     candidate = (f1, i, list(grid_weights))
         if candidate[1] < 0 or candidate[0] < best + min_gain:
             break
@@ -66,10 +71,12 @@ def select_members(truth: np.ndarray, scores: Sequence[np.ndarray], step: float,
 
 
 class Ensemble(Backend):
-    """Weighted average of member scores; candidates are the latest runs of the named variants (or the
-    given runs), and members and weights are picked greedily on validation (``select_members``)."""
+    """Weighted average of member scores. The caller hands in the candidate runs (the latest run of each
+    variant in ``members``, or the ``member_runs``); members and weights are picked greedily on
+    validation (``select_members``)."""
 
     name = "ensemble"
+    built_from_runs = True
     DEFAULTS: dict[str, Any] = {
         "members": ["tfidf-svm-full", "embed-linear-full", "embed-knn-full"],
         #: Explicit member run ids (instead of "latest run of each variant on this snapshot").
@@ -80,6 +87,7 @@ class Ensemble(Backend):
         "max_members": 3,
         "min_gain": 0.002,
     }
+    CANDIDATE_SETTINGS = ("members", "member_runs")
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
         super().__init__(labels, params)
@@ -92,43 +100,17 @@ class Ensemble(Backend):
         self.weights: list[float] = []
         self.member_runs: list[int] = []
 
-    def _member_runs(self, ctx: FitContext) -> list[tuple[int, Path]]:
-        from sqlalchemy import text
-
-        if ctx.engine is None or ctx.snapshot_id is None:
-            raise ConfigError("the ensemble is built from finished runs and needs the database")
-        found = []
-        with ctx.engine.connect() as conn:
-            if self.params["member_runs"]:
-                for run_id in self.params["member_runs"]:
-                    row = conn.execute(text("SELECT run_id, artifact_dir FROM runs WHERE run_id = :r AND "
-                                            "status = 'succeeded'"), {"r": int(run_id)}).one_or_none()
-                    if row is None:
-                        raise DataError(f"ensemble member run {run_id} does not exist or did not succeed")
-                    found.append((row.run_id, Path(row.artifact_dir)))
-                return found
-            for variant in self.params["members"]:
-                row = conn.execute(
-                    text("SELECT run_id, artifact_dir FROM runs WHERE variant = :v AND snapshot_id = :s "
-                         "AND status = 'succeeded' ORDER BY run_id DESC LIMIT 1"),
-                    {"v": variant, "s": ctx.snapshot_id},
-                ).one_or_none()
-                if row is None:
-                    log.warning("ensemble: no finished %s run on snapshot %s; left out", variant, ctx.snapshot_id)
-                    continue
-                found.append((row.run_id, Path(row.artifact_dir)))
-        if len(found) < 2:
-            raise DataError(f"an ensemble needs at least two finished member runs on snapshot {ctx.snapshot_id}; "
-                            f"found {len(found)} of {self.params['members']}")
-        return found
+    def uses_torch(self) -> bool:
+        return any(m.uses_torch() for m in self.members)
 
     def _fit(self, train: Corpus, valid: Corpus, ctx: FitContext) -> None:
         import time
 
+        from patentml.labels import multi_hot
+
         started = time.perf_counter()
         runs, members = [], []
-        for run_id, path in self._member_runs(ctx):
-            member = load_backend(path)
+        for run_id, member in ctx.members:
             if member.labels != self.labels:
                 log.warning("ensemble: run %s has another label space than this snapshot/dataset; left out", run_id)
                 continue
@@ -138,7 +120,7 @@ class Ensemble(Backend):
         if len(members) < 2:
             raise DataError(f"an ensemble needs at least two member runs with this label space; found {len(members)}")
         _, texts, labels = collect(valid)
-        truth = label_matrix(labels, self.labels) > 0
+        truth = multi_hot(labels, self.labels) > 0
         scores = [m.predict_scores(texts) for m in members]
         chosen, weights, f1 = select_members(truth, scores, float(self.params["weight_step"]),
                                              int(self.params["max_members"]), float(self.params["min_gain"]))
@@ -147,9 +129,11 @@ class Ensemble(Backend):
         self.weights = weights
         log.info("ensemble of runs %s: weights %s (validation F1 %.4f)", self.member_runs, self.weights, f1)
         seconds = time.perf_counter() - started
-        ctx.on_epoch(EpochLog(1, float("nan"), None, f1, None, seconds, None))
+        ctx.on_epoch(EpochLog(1, None, None, f1, None, seconds, None))
 
-    def predict_scores(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    def predict_scores(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
+        import numpy as np
+
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for w, m in zip(self.weights, self.members):
             if w > 0:
@@ -175,4 +159,3 @@ class Ensemble(Backend):
         self.members = [load_backend(folder / m["folder"]) for m in meta["members"]]
         self.weights = [float(m["weight"]) for m in meta["members"]]
         self.member_runs = [int(m["run_id"]) for m in meta["members"]]
-

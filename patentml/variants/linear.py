@@ -10,31 +10,40 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
-from patentml.artifact import load_arrays, save_arrays
 from patentml.exceptions import ArtifactError
-from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect, label_matrix
+from patentml.text import MAX_TOKENS
+from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
 VOCAB_FILE = "tfidf_vocabulary.json"
 WEIGHTS_FILE = "weights.safetensors"
+#: A linear SVM's margins are about +-1 where logistic scores would be about +-3: stretched by this
+#: before the sigmoid, so thresholds and blends treat both alike.
+SVM_MARGIN_SCALE = 3.0
+#: Logits beyond this saturate the sigmoid anyway; clipping keeps exp() finite.
+LOGIT_CLIP = 50.0
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+def _sigmoid(z: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -LOGIT_CLIP, LOGIT_CLIP)))
 
 
-def _fit_per_label(x: Any, y: np.ndarray, C: float, class_weight: Any, classifier: str = "logreg",
-                   n_jobs: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def _fit_per_label(x: Any, y: "np.ndarray", C: float, class_weight: Any, classifier: str = "logreg",
+                   n_jobs: int = 2) -> tuple["np.ndarray", "np.ndarray"]:
     """One linear model per label column: coefficients (labels, features) and intercepts (labels,).
 
     liblinear regularises the intercept; scaling it up (intercept_scaling=10) made each fit 30-80x
     slower on the sample data, so the default is kept.
     """
+    import numpy as np
     from joblib import Parallel, delayed
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
@@ -45,7 +54,7 @@ def _fit_per_label(x: Any, y: np.ndarray, C: float, class_weight: Any, classifie
     x.sum_duplicates()
     x.sort_indices()
 
-    def fit(j: int) -> tuple[np.ndarray, float]:
+    def fit(j: int) -> tuple["np.ndarray", float]:
         if classifier == "svm":
             model: Any = LinearSVC(C=C, class_weight=class_weight)
         else:
@@ -68,9 +77,10 @@ class TfidfFeatures:
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = {k: params[k] for k in self.PARAMS}
         self.vocabulary: dict[str, int] = {}
-        self.idf: np.ndarray | None = None
+        self.idf: "np.ndarray | None" = None
 
     def fit_transform(self, texts: Sequence[str]) -> Any:
+        import numpy as np
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         from patentml.text import tokenize
@@ -98,6 +108,7 @@ class TfidfFeatures:
         Prediction only needs the vocabulary and idf; doing it here keeps a cold start free of
         scikit-learn's import time. A test checks it against ``TfidfVectorizer.transform``.
         """
+        import numpy as np
         import scipy.sparse as sp
 
         from patentml.text import tokenize
@@ -131,7 +142,7 @@ class TfidfFeatures:
             shape=(len(texts), len(self.idf)),
         )
 
-    def save(self, folder: Path) -> dict[str, np.ndarray]:
+    def save(self, folder: Path) -> dict[str, "np.ndarray"]:
         """Writes the vocabulary; returns the arrays for the caller to store beside its own."""
         terms = [""] * len(self.vocabulary)
         for term, idx in self.vocabulary.items():
@@ -140,7 +151,7 @@ class TfidfFeatures:
         assert self.idf is not None
         return {"idf": self.idf}
 
-    def load(self, folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    def load(self, folder: Path, arrays: dict[str, "np.ndarray"]) -> None:
         terms = json.loads((folder / VOCAB_FILE).read_text())
         self.vocabulary = {t: i for i, t in enumerate(terms)}
         self.idf = arrays["idf"]
@@ -153,6 +164,9 @@ class TfidfLinear(Backend):
 
     name = "tfidf"
     classifier = "logreg"
+    predict_batch = 1024
+    #: Multiplies the linear scores before the sigmoid (see :data:`SVM_MARGIN_SCALE`).
+    score_scale = 1.0
     DEFAULTS: dict[str, Any] = {
         "max_features": 200_000,
         "min_df": 2,
@@ -163,36 +177,35 @@ class TfidfLinear(Backend):
         #: Coefficients below this magnitude are dropped: on the sample data 0.05 keeps 5 % of them
         #: (214 MB -> ~10 MB) with validation P@1 and F1 unchanged to 3 decimals.
         "prune": 0.05,
-        "max_tokens": 250,
+        "max_tokens": MAX_TOKENS,
     }
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
         super().__init__(labels, params)
         self.features = TfidfFeatures(self.params)
         self.coef: Any = None  # scipy.sparse.csr_matrix (labels, features)
-        self.intercept: np.ndarray | None = None
-
-    #: Margins of an SVM are about +-1 where logistic scores would be about +-3: stretch before the sigmoid.
-    @property
-    def score_scale(self) -> float:
-        return 3.0 if self.classifier == "svm" else 1.0
+        self.intercept: "np.ndarray | None" = None
 
     @property
     def vocabulary(self) -> dict[str, int]:
         return self.features.vocabulary
 
     @property
-    def idf(self) -> np.ndarray | None:
+    def idf(self) -> "np.ndarray | None":
         return self.features.idf
 
     def transform(self, texts: Sequence[str]) -> Any:
         return self.features.transform(texts)
 
     def _fit(self, train: Corpus, valid: Corpus, ctx: FitContext) -> None:
+        import numpy as np
         import scipy.sparse as sp
+
+        from patentml.labels import multi_hot
+
         started = time.perf_counter()
         _, texts, doc_labels = collect(train)
-        y = label_matrix(doc_labels, self.labels).astype(np.int8)
+        y = multi_hot(doc_labels, self.labels, dtype="int8")
         x = self.features.fit_transform(texts)
         # One binary model per label, fitted here rather than by OneVsRestClassifier: that wrapper
         # was measured ranking labels near-randomly on this multi-label matrix (P@1 0.001 where
@@ -202,10 +215,13 @@ class TfidfLinear(Backend):
         self.coef = sp.csr_matrix(coef)
         self.intercept = intercept
         seconds = time.perf_counter() - started
-        ctx.on_epoch(EpochLog(1, float("nan"), None, None, None, seconds, len(texts) / max(seconds, 1e-9)))
+        ctx.on_epoch(EpochLog(1, None, None, None, None, seconds, len(texts) / max(seconds, 1e-9)))
 
-    def predict_scores(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+    def predict_scores(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
+        import numpy as np
+
         assert self.idf is not None and self.coef is not None, "fit or load the model first"
+        batch_size = batch_size or self.predict_batch
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             x = self.transform(texts[start : start + batch_size])
@@ -217,6 +233,10 @@ class TfidfLinear(Backend):
         return 0 if self.coef is None else int(self.coef.nnz + len(self.intercept))
 
     def _save(self, folder: Path) -> None:
+        import numpy as np
+
+        from patentml.artifact import save_arrays
+
         save_arrays(
             folder / WEIGHTS_FILE,
             {
@@ -230,6 +250,8 @@ class TfidfLinear(Backend):
 
     def _load(self, folder: Path) -> None:
         import scipy.sparse as sp
+
+        from patentml.artifact import load_arrays
 
         arrays = load_arrays(folder / WEIGHTS_FILE)
         self.features.load(folder, arrays)
@@ -245,4 +267,5 @@ class TfidfSVM(TfidfLinear):
 
     name = "tfidf-svm"
     classifier = "svm"
+    score_scale = SVM_MARGIN_SCALE
     DEFAULTS = {**TfidfLinear.DEFAULTS, "C": 0.5}

@@ -1,0 +1,190 @@
+"""Sentence vectors of a BERT-family encoder: pooled as the model's own config says, L2-normalised, cached.
+
+Vectors are cached by the hash of the text they encode (in Postgres when a run has a database) and
+memoised in this process, so a nightly run encodes only new or changed patents and the members of a
+blend that share an encoder encode each text once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from patentml.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+log = logging.getLogger(__name__)
+
+#: Pooling modes of sentence-transformers' ``Pooling`` module that PatentML implements.
+POOLING_MODES = ("mean", "cls", "max")
+_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+
+
+class EmbeddingCache(Protocol):
+    """Vectors by (encoder key, text hash); implemented on Postgres in patentml.embedcache."""
+
+    def get_many(self, encoder_key: str, hashes: Sequence[str]) -> dict[str, "np.ndarray"]: ...
+
+    def put_many(self, encoder_key: str, vectors: dict[str, "np.ndarray"]) -> None: ...
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def pooling_mode(folder: Path | str) -> str:
+    """The pooling a sentence-transformers model folder declares (``modules.json`` -> its Pooling config).
+
+    Plain Hugging Face folders declare none: mean pooling, the sentence-transformers default.
+    """
+    folder = Path(folder)
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return "mean"
+    try:
+        entries = json.loads(modules.read_text())
+        path = next(m["path"] for m in entries if str(m.get("type", "")).endswith(".Pooling"))
+        config = json.loads((folder / path / "config.json").read_text())
+    except StopIteration:
+        return "mean"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the pooling config of the encoder in {folder}: {exc}") from exc
+    chosen = [mode for flag, mode in _POOLING_FLAGS.items() if config.get(flag)]
+    unsupported = [k for k, v in config.items() if k.startswith("pooling_mode") and v and k not in _POOLING_FLAGS]
+    if unsupported or len(chosen) != 1:
+        raise ConfigError(f"encoder {folder} pools with {unsupported or chosen or 'nothing'}; "
+                          f"PatentML implements exactly one of {', '.join(POOLING_MODES)}")
+    return chosen[0]
+
+
+def save_pooling(folder: Path, mode: str, dim: int) -> None:
+    """Write a sentence-transformers pooling config beside saved encoder weights, so they load as they were pooled."""
+    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    flags = {flag: mode == name for flag, name in _POOLING_FLAGS.items()}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": dim, **flags}, indent=1))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}], indent=1))
+
+
+class SentenceEncoder:
+    """Pooled, L2-normalised last-layer vectors of a BERT-family encoder (sentence-transformers style).
+
+    ``tag`` names fine-tuned weights (which the config alone does not identify) so that their vectors
+    never mix with the base encoder's in a cache.
+    """
+
+    def __init__(self, name_or_path: str | None, max_length: int, batch_size: int = 32, tag: str | None = None) -> None:
+        from patentml.embeddings import load_encoder, resolve_encoder
+
+        self.source = resolve_encoder(name_or_path)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.tag = tag
+        self.tokenizer, self.model = load_encoder(name_or_path)
+        self.dim = int(self.model.config.hidden_size)
+        self.pooling = pooling_mode(self.source) if Path(self.source).is_dir() else "mean"
+
+    @property
+    def key(self) -> str:
+        """Identifies the vectors: the encoder (by its config and name), the length cap, the pooling and the tag."""
+        config = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
+        name = Path(self.source).name if Path(self.source).is_dir() else self.source
+        key = f"{name}:{self.max_length}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
+        if self.pooling != "mean":
+            key += f":{self.pooling}"
+        return f"{key}:{self.tag}" if self.tag else key
+
+    def pool(self, texts: Sequence[str], max_length: int | None = None) -> "torch.Tensor":
+        """(batch, dim) unit vectors; differentiable, so fine-tuning trains through it."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        enc = self.tokenizer(list(texts), truncation=True, max_length=max_length or self.max_length, padding=True,
+                             return_tensors="pt").to(device)
+        hidden = self.model(**enc).last_hidden_state  # (batch, seq, dim)
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]  # (batch, dim)
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(mask == 0, float("-inf")).amax(1)  # (batch, dim)
+        else:
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, dim)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> "np.ndarray":
+        """(n, dim) float32 unit vectors, in length-sorted batches (each padded to its own longest text)."""
+        import numpy as np
+        import torch
+        from tqdm import tqdm
+
+        was_training = self.model.training
+        self.model.eval()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), self.batch_size), disable=not progress, desc="embed",
+                              unit=" batch", mininterval=1):
+                rows = order[start : start + self.batch_size]
+                out[rows] = self.pool([texts[i] for i in rows]).cpu().numpy()
+        self.model.train(was_training)
+        return out
+
+    def save(self, folder: Path, weights: bool) -> None:
+        """Tokenizer and pooling config into ``folder``; the weights too when they differ from the base encoder's."""
+        self.tokenizer.save_pretrained(folder)
+        if weights:
+            self.model.save_pretrained(folder, safe_serialization=True)
+            save_pooling(folder, self.pooling, self.dim)
+
+
+#: Vectors computed in this process, by (encoder key, text hash). Bounded; the oldest entries leave first.
+_RECENT: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
+_RECENT_LOCK = threading.Lock()  # prediction scores in worker threads
+RECENT_MAX = 50_000
+
+
+def forget_recent() -> None:
+    """Empty this process's vector memo (benchmarks: one model's vectors must not speed up the next)."""
+    with _RECENT_LOCK:
+        _RECENT.clear()
+
+
+def embed_corpus(encoder: SentenceEncoder, texts: Sequence[str], cache: EmbeddingCache | None,
+                 progress: bool = False) -> tuple["np.ndarray", int]:
+    """Vectors for ``texts``, encoding only those neither this process nor the cache has; returns
+    (vectors, number encoded)."""
+    import numpy as np
+
+    key = encoder.key
+    hashes = [text_hash(t) for t in texts]
+    with _RECENT_LOCK:
+        found = {h: _RECENT[(key, h)] for h in hashes if (key, h) in _RECENT}
+    wanted = [h for h in dict.fromkeys(hashes) if h not in found]
+    if cache is not None and wanted:
+        found.update(cache.get_many(key, wanted))
+    missing = [i for i, h in enumerate(hashes) if h not in found]
+    vectors = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    for i, h in enumerate(hashes):
+        if h in found:
+            vectors[i] = found[h]
+    if missing:
+        new = encoder.encode([texts[i] for i in missing], progress=progress)
+        vectors[missing] = new
+        if cache is not None:
+            cache.put_many(key, {hashes[i]: new[k] for k, i in enumerate(missing)})
+    with _RECENT_LOCK:
+        for h, v in zip(hashes, vectors):
+            _RECENT[(key, h)] = v
+            _RECENT.move_to_end((key, h))
+        while len(_RECENT) > RECENT_MAX:
+            _RECENT.popitem(last=False)
+    return vectors, len(missing)
