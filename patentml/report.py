@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from patentml.decision import PAPER
 from patentml.exceptions import DataError
 
 if TYPE_CHECKING:
@@ -34,30 +35,21 @@ PAPER_TABLE2 = {
 PAPER_TABLE3 = {"A": (59, 71, 65), "B": (31, 61, 41), "C": (43, 58, 50), "D": (25, 64, 36), "E": (32, 69, 43),
                 "F": (38, 58, 46), "G": (56, 69, 62), "H": (55, 62, 58)}
 
-# The latest succeeded, evaluated run of each variant on a snapshot, with its metrics under a rule.
-_LATEST_SQL = """
-SELECT DISTINCT ON (r.variant) r.run_id, r.variant, r.encoder, r.loss, r.dataset, r.epochs_done,
-       r.train_seconds, r.n_params, r.started_at,
-       (SELECT count(*) FROM snapshot_labels sl WHERE sl.snapshot_id = r.snapshot_id AND sl.dataset = r.dataset)
-           AS n_labels,
-       m.precision, m.recall, m.f1, m.p_at_1, m.r_at_5, m.empty_share, m.mean_pred_labels, m.threshold,
-       m.keep_top, m.predict_seconds, m.n_patents
-FROM runs r JOIN run_metrics m ON m.run_id = r.run_id AND m.split = 'test' AND m.rule = :rule
-WHERE r.status = 'succeeded' AND r.snapshot_id = :s
-ORDER BY r.variant, r.run_id DESC
-"""
-
-
 def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f}"
 
 
-def _rows(engine: "Engine", snapshot_id: int, rule: str) -> list[dict[str, Any]]:
-    from sqlalchemy import text
+def _rows(engine: "Engine", snapshot_id: int, rule: str | None = None) -> list[dict[str, Any]]:
+    """The latest evaluated run of each variant on a snapshot with its score (``rule``: another rule's rows)."""
+    from patentml.db import results
+    from patentml.splits import snapshot_stats
 
+    n_labels = {s["dataset"]: s["n_labels"] for s in snapshot_stats(engine, snapshot_id) if s["split"] == "train"}
     with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(text(_LATEST_SQL), {"s": snapshot_id, "rule": rule}).mappings()]
+        rows = results.run_scores(conn, snapshot_id=snapshot_id, latest_per_variant=True, rule=rule)
     order = {"full": 0, "subset": 1}
+    for r in rows:
+        r["n_labels"] = n_labels.get(r["dataset"])
     return sorted(rows, key=lambda r: (order.get(r["dataset"], 2), r["encoder"], r["loss"] or ""))
 
 
@@ -67,24 +59,24 @@ def _paper(table: dict[tuple[str, str, str], tuple[float, ...]], row: dict[str, 
 
 def table1(engine: "Engine", snapshot_id: int) -> str:
     lines = [
-        "| Model | Loss | Corpus | Labels | P (%) | R (%) | F1 | tuned P | tuned R | tuned F1 | paper P | paper R | paper F1 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Model | Loss | Corpus | Labels | P (%) | R (%) | F1 | run's rule | P | R | F1 | paper P | paper R | paper F1 |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    tuned = {r["variant"]: r for r in _rows(engine, snapshot_id, "tuned")}
-    for r in _rows(engine, snapshot_id, "t0.5"):
-        t = tuned.get(r["variant"], {})
+    own = {r["variant"]: r for r in _rows(engine, snapshot_id)}
+    for r in _rows(engine, snapshot_id, PAPER):
+        t = own.get(r["variant"], {})
         paper = _paper(PAPER_TABLE1, r) or ("", "", "")
         lines.append(
             f"| {r['encoder']} | {r['loss'] or '-'} | {r['dataset']} | {r['n_labels']} | {_pct(r['precision'])} | "
-            f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_pct(t.get('precision'))} | {_pct(t.get('recall'))} | "
-            f"{_pct(t.get('f1'))} | {paper[0]} | {paper[1]} | {paper[2]} |"
+            f"{_pct(r['recall'])} | {_pct(r['f1'])} | {t.get('rule', '')} | {_pct(t.get('precision'))} | "
+            f"{_pct(t.get('recall'))} | {_pct(t.get('f1'))} | {paper[0]} | {paper[1]} | {paper[2]} |"
         )
     return "\n".join(lines)
 
 
 def table2(engine: "Engine", snapshot_id: int) -> str:
     lines = ["| Model | Loss | Corpus | P@1 (%) | R@5 (%) | paper P@1 | paper R@5 |", "|---|---|---|---:|---:|---:|---:|"]
-    for r in _rows(engine, snapshot_id, "t0.5"):
+    for r in _rows(engine, snapshot_id):
         paper = _paper(PAPER_TABLE2, r) or ("", "")
         lines.append(
             f"| {r['encoder']} | {r['loss'] or '-'} | {r['dataset']} | {_pct(r['p_at_1'])} | {_pct(r['r_at_5'])} | "
@@ -93,55 +85,44 @@ def table2(engine: "Engine", snapshot_id: int) -> str:
     return "\n".join(lines)
 
 
-def best_run(engine: "Engine", snapshot_id: int, rule: str = "tuned") -> dict[str, Any] | None:
-    rows = [r for r in _rows(engine, snapshot_id, rule) if r["dataset"] == "full"] or _rows(engine, snapshot_id, rule)
-    return max(rows, key=lambda r: (r["f1"], r["p_at_1"]), default=None)
+def best_run(engine: "Engine", snapshot_id: int) -> dict[str, Any] | None:
+    """The best run by its score, on the full corpus when there is one."""
+    rows = _rows(engine, snapshot_id)
+    rows = [r for r in rows if r["dataset"] == "full"] or rows
+    return min(rows, key=lambda r: (-r["f1"], -r["p_at_1"], r["run_id"]), default=None)
 
 
-def table3(engine: "Engine", snapshot_id: int, run_id: int | None = None, rule: str = "tuned") -> str:
-    from sqlalchemy import text
+def table3(engine: "Engine", snapshot_id: int, run_id: int | None = None) -> str:
+    from patentml.db import results
 
     if run_id is None:
-        best = best_run(engine, snapshot_id, rule)
+        best = best_run(engine, snapshot_id)
         if best is None:
             return "_no evaluated run_"
         run_id = best["run_id"]
     with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT section, recall, precision, f1, n_patents FROM section_metrics "
-                 "WHERE run_id = :r AND split = 'test' AND rule = :rule ORDER BY section"),
-            {"r": run_id, "rule": rule},
-        ).all()
-    lines = [f"Run {run_id}, rule `{rule}`.", "",
+        rows = results.section_scores(conn, run_id)
+    lines = [f"Run {run_id}, under its own decision rule.", "",
              "| Section | Recall | Precision | F1 | Patents | paper R | paper P | paper F1 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for sec, rc, p, f, n in rows:
-        paper = PAPER_TABLE3.get(sec, ("", "", ""))
-        lines.append(f"| {sec} | {rc:.2f} | {p:.2f} | {f:.2f} | {n:,} | {paper[0]} | {paper[1]} | {paper[2]} |")
+    for r in rows:
+        paper = PAPER_TABLE3.get(r["section"], ("", "", ""))
+        lines.append(f"| {r['section']} | {r['recall']:.2f} | {r['precision']:.2f} | {r['f1']:.2f} | "
+                     f"{r['n_patents']:,} | {paper[0]} | {paper[1]} | {paper[2]} |")
     return "\n".join(lines)
 
 
 def table4(engine: "Engine", label: str, run_id: int) -> str:
     """Labels co-occurring with ``label`` in truth and in predictions (paper Table 4), from stored predictions."""
-    from sqlalchemy import text
+    from patentml.db import results
 
-    queries = {
-        f"y-test with {label}": "SELECT unnest(true_labels) FROM predictions WHERE run_id = :r AND :l = ANY(true_labels)",
-        f"y-pred with {label} predicted": "SELECT unnest(pred_labels) FROM predictions WHERE run_id = :r AND :l = ANY(pred_labels)",
-        f"{label} predicted correctly": "SELECT unnest(pred_labels) FROM predictions WHERE run_id = :r "
-        "AND :l = ANY(pred_labels) AND :l = ANY(true_labels)",
-        f"{label} predicted incorrectly": "SELECT unnest(pred_labels) FROM predictions WHERE run_id = :r "
-        "AND :l = ANY(pred_labels) AND NOT :l = ANY(true_labels)",
-        f"{label} missed (true, not predicted)": "SELECT unnest(pred_labels) FROM predictions WHERE run_id = :r "
-        "AND :l = ANY(true_labels) AND NOT :l = ANY(pred_labels)",
-    }
+    titles = {"truth": f"y-test with {label}", "predicted": f"y-pred with {label} predicted",
+              "correct": f"{label} predicted correctly", "incorrect": f"{label} predicted incorrectly",
+              "missed": f"{label} missed (true, not predicted)"}
     out = [f"Run {run_id}: labels co-occurring with {label} (counts of patents).", ""]
     with engine.connect() as conn:
-        for title, sql in queries.items():
-            rows = conn.execute(
-                text(f"SELECT l, count(*) AS n FROM ({sql}) t(l) GROUP BY l ORDER BY n DESC, l LIMIT 10"),
-                {"r": run_id, "l": label},
-            ).all()
+        for group, title in titles.items():
+            rows = results.cooccurring(conn, run_id, label, group)
             out.append(f"| {title} | " + " | ".join(f"{l} {n}" for l, n in rows) + " |")
             if len(out) == 3:
                 out.append("|---|" + "---|" * 10)
@@ -149,26 +130,15 @@ def table4(engine: "Engine", label: str, run_id: int) -> str:
 
 
 def leaderboard_markdown(engine: "Engine", limit: int = 20, snapshot_id: int | None = None) -> str:
-    """Recent evaluated runs, best first by tuned example F1."""
-    from sqlalchemy import text
+    """Evaluated runs, best first by their score (each run's own decision rule)."""
+    from patentml.db import results
 
     with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                """
-                SELECT r.run_id, r.variant, r.snapshot_id, r.status, r.train_seconds, m.precision, m.recall, m.f1,
-                       m.p_at_1, m.r_at_5, m.empty_share, m.threshold, m.keep_top
-                FROM runs r JOIN run_metrics m ON m.run_id = r.run_id AND m.split = 'test' AND m.rule = 'tuned'
-                WHERE CAST(:s AS int) IS NULL OR r.snapshot_id = :s
-                ORDER BY m.f1 DESC, m.p_at_1 DESC LIMIT :n
-                """
-            ),
-            {"n": limit, "s": snapshot_id},
-        ).mappings().all()
+        rows = results.run_scores(conn, snapshot_id=snapshot_id, limit=limit)
     lines = ["| Run | Variant | Snapshot | P | R | F1 | P@1 | R@5 | empty | rule | train s |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
-        rule = f"t={r['threshold']:.2f}" + (" +top" if r["keep_top"] else "")
+        rule = f"{r['rule']} t={r['threshold']:.2f}" + (" +top" if r["keep_top"] else "")
         lines.append(
             f"| {r['run_id']} | {r['variant']} | {r['snapshot_id']} | {_pct(r['precision'])} | {_pct(r['recall'])} | "
             f"{_pct(r['f1'])} | {_pct(r['p_at_1'])} | {_pct(r['r_at_5'])} | {_pct(r['empty_share'])} | {rule} | "
@@ -183,7 +153,7 @@ def full_report(engine: "Engine", label: str | None = None, snapshot_id: int | N
     snapshot_id = snapshot_id or latest_snapshot(engine)
     parts = [
         f"# PatentML report (snapshot {snapshot_id})", "", "## Data", "", format_stats(snapshot_stats(engine, snapshot_id)),
-        "", "## Table 1: models and example-based metrics (threshold 0.5, and the rule tuned on validation)", "",
+        "", "## Table 1: models and example-based metrics (threshold 0.5, and each run's own rule)", "",
         table1(engine, snapshot_id), "", "## Table 2: ranked metrics", "", table2(engine, snapshot_id), "",
         "## Table 3: by CPC section (best full-corpus run)", "", table3(engine, snapshot_id),
     ]
@@ -199,11 +169,10 @@ def full_report(engine: "Engine", label: str | None = None, snapshot_id: int | N
 
 def per_patent_scores(engine: "Engine", run_id: int) -> dict[str, tuple[float, float]]:
     """Per test patent: (example F1 of the stored decisions, P@1 of the top stored score), from ``predictions``."""
-    from sqlalchemy import text
+    from patentml.db import results
 
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT patent_id, true_labels, pred_labels, top_scores FROM predictions "
-                                 "WHERE run_id = :r"), {"r": run_id}).all()
+        rows = results.stored_predictions(conn, run_id)
     if not rows:
         raise DataError(f"run {run_id} has no stored predictions: evaluate it first (patentml evaluate {run_id})")
     out = {}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from patentml.db import locks
 from patentml.exceptions import DataError
 from patentml.settings import Settings
+from patentml.variants import DATASETS
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -26,7 +27,6 @@ TEST_FRACTION = 0.2
 VALID_FRACTION = 0.1
 SUBSET_FRACTION = 0.15
 SUBSET_CAP = 300_000
-DATASETS = ("full", "subset")
 SPLITS = ("train", "valid", "test")
 
 # A uniform number in [0, 1) from the first 32 bits of md5(salt || id): stable across machines.
@@ -267,6 +267,31 @@ def iter_split(
         raw.commit()
     finally:
         raw.close()
+
+
+def split_size(engine: "Engine", snapshot_id: int, dataset: str, split: str) -> int:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return int(conn.execute(
+            text("SELECT count(*) FROM snapshot_members WHERE snapshot_id = :s AND split = :p AND (:full OR in_subset)"),
+            {"s": snapshot_id, "p": split, "full": dataset == "full"}).scalar())
+
+
+class SplitCorpus:
+    """A split streamed from Postgres each time it is iterated (server-side cursor); a training corpus."""
+
+    def __init__(self, engine: "Engine", snapshot_id: int, dataset: str, split: str) -> None:
+        self.engine, self.snapshot_id, self.dataset, self.split = engine, snapshot_id, dataset, split
+        self._len: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, str, list[str]]]:
+        return iter_split(self.engine, self.snapshot_id, self.dataset, self.split)
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = split_size(self.engine, self.snapshot_id, self.dataset, self.split)
+        return self._len
 
 
 def format_stats(stats: list[dict[str, Any]]) -> str:

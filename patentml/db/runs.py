@@ -1,0 +1,98 @@
+"""SQL of the ``runs`` and ``run_epochs`` tables, on the table definitions in :mod:`patentml.db.models`."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from patentml.db.models import Run, RunEpoch
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Row
+
+    from patentml.variants import VariantSpec
+    from patentml.variants.base import EpochLog
+
+RUNS = Run.__table__
+EPOCHS = RunEpoch.__table__
+#: How long the error text of a failed run may be (the end of a traceback says most).
+ERROR_CHARS = 4000
+
+
+def create(conn: "Connection", spec: "VariantSpec", snapshot_id: int, settings: dict[str, Any], *, seed: int,
+           device: str, host: str, pid: int) -> int:
+    """A new ``running`` row; returns its run id."""
+    return int(conn.execute(insert(RUNS).values(
+        variant=spec.name, encoder=spec.encoder, loss=spec.loss, dataset=spec.dataset, snapshot_id=snapshot_id,
+        status="running", settings=_json(settings), seed=seed, device=device, host=host, pid=pid,
+    ).returning(RUNS.c.run_id)).scalar_one())
+
+
+def get(conn: "Connection", run_id: int) -> "Row[Any] | None":
+    return conn.execute(select(RUNS).where(RUNS.c.run_id == run_id)).one_or_none()
+
+
+def get_many(conn: "Connection", run_ids: Sequence[int]) -> list["Row[Any]"]:
+    return list(conn.execute(select(RUNS).where(RUNS.c.run_id.in_(list(run_ids))).order_by(RUNS.c.run_id)))
+
+
+def restart(conn: "Connection", run_id: int, *, host: str, pid: int) -> None:
+    conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(status="running", error=None, host=host, pid=pid))
+
+
+def record_epoch(conn: "Connection", run_id: int, e: "EpochLog") -> None:
+    """Upsert one epoch's row (a resumed run rewrites the epochs it repeats) and the run's epoch count."""
+    values = {"train_loss": e.train_loss, "valid_loss": e.valid_loss, "valid_f1": e.valid_f1,
+              "valid_p_at_1": e.valid_p_at_1, "seconds": e.seconds, "patents_per_second": e.patents_per_second}
+    stmt = pg_insert(EPOCHS).values(run_id=run_id, epoch=e.epoch, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[EPOCHS.c.run_id, EPOCHS.c.epoch],
+                                            set_={k: stmt.excluded[k] for k in values}))
+    conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(epochs_done=e.epoch))
+
+
+def best_epoch(conn: "Connection", run_id: int) -> int | None:
+    """The epoch with the best validation F1 (the earliest of equals)."""
+    return conn.execute(select(EPOCHS.c.epoch).where(EPOCHS.c.run_id == run_id, EPOCHS.c.valid_f1.is_not(None))
+                        .order_by(EPOCHS.c.valid_f1.desc(), EPOCHS.c.epoch).limit(1)).scalar()
+
+
+def succeed(conn: "Connection", run_id: int, *, train_seconds: float, n_params: int, artifact_dir: str,
+            decision: dict[str, Any], rule: str, settings: dict[str, Any]) -> None:
+    """Mark a run succeeded with its model, its decision rule (and that rule's name) and its resolved settings."""
+    conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(
+        status="succeeded", finished_at=func.now(), train_seconds=train_seconds, n_params=n_params,
+        artifact_dir=artifact_dir, decision_rule=_json(decision), rule=rule, settings=_json(settings),
+        best_epoch=best_epoch(conn, run_id)))
+
+
+def fail(conn: "Connection", run_id: int, status: str, error: str) -> None:
+    conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(
+        status=status, finished_at=func.now(), error=error[-ERROR_CHARS:]))
+
+
+def mark_stale(conn: "Connection", host: str, alive: Callable[[int], bool]) -> int:
+    """Runs left ``running`` on ``host`` by a process that no longer exists become ``interrupted``."""
+    rows = conn.execute(select(RUNS.c.run_id, RUNS.c.pid).where(RUNS.c.status == "running", RUNS.c.host == host))
+    stale = [r.run_id for r in rows if r.pid is None or not alive(r.pid)]
+    if stale:
+        conn.execute(update(RUNS).where(RUNS.c.run_id.in_(stale)).values(
+            status="interrupted", finished_at=func.now(),
+            error="the training process ended without finishing (killed?)"))
+    return len(stale)
+
+
+def latest_succeeded(conn: "Connection", variants: Iterable[str], snapshot_id: int) -> dict[str, "Row[Any]"]:
+    """The latest succeeded run of each variant on a snapshot, by variant."""
+    latest = (select(RUNS.c.variant, func.max(RUNS.c.run_id).label("run_id"))
+              .where(RUNS.c.variant.in_(list(variants)), RUNS.c.snapshot_id == snapshot_id,
+                     RUNS.c.status == "succeeded").group_by(RUNS.c.variant).subquery())
+    rows = conn.execute(select(RUNS).join(latest, and_(RUNS.c.run_id == latest.c.run_id)))
+    return {r.variant: r for r in rows}
+
+
+def _json(value: dict[str, Any]) -> dict[str, Any]:
+    """A JSON round trip: what JSONB will hold (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(value))
