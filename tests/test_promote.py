@@ -108,8 +108,8 @@ def clone_run(engine: Any, run_id: int, f1: float, p_at_1: float, artifact: Path
         new = conn.execute(
             text(
                 "INSERT INTO runs (variant, encoder, loss, dataset, snapshot_id, status, settings, seed, device, "
-                "artifact_dir, decision_rule, finished_at) SELECT variant, encoder, loss, dataset, snapshot_id, "
-                "status, settings, seed, device, COALESCE(:a, artifact_dir), decision_rule, now() "
+                "artifact_dir, decision_rule, rule, finished_at) SELECT variant, encoder, loss, dataset, snapshot_id, "
+                "status, settings, seed, device, COALESCE(:a, artifact_dir), decision_rule, rule, now() "
                 "FROM runs WHERE run_id = :r RETURNING run_id"
             ),
             {"r": run_id, "a": None if artifact is None else str(artifact)},
@@ -157,7 +157,7 @@ def test_first_promotion_file_store(trained: dict[str, Any], engine: Any, settin
     assert model_id.startswith(result["challenger"]["variant"] + f"-r{best}-")
     copy = store.get_dir(model_id, tmp_path / "copy")
     manifest = verify_artifact(copy)
-    assert manifest["run_id"] == best and (copy / "metrics.json").is_file()
+    assert manifest["run_id"] == best and not (copy / "metrics.json").exists()  # scores live in Postgres
     row = model_row(engine, model_id)
     assert row.run_id == best and row.store_uri == store.uri and len(row.manifest_sha256) == 64
     assert row.metrics["scores"][str(trained["snapshot"])]["f1"] == pytest.approx(scores[best][0])
@@ -427,7 +427,7 @@ def test_best_candidate_ranks_by_metric_then_other_metric_then_oldest() -> None:
     from patentml.promote import Candidate, best_candidate
 
     def cand(run_id: int, f1: float, p1: float, variant: str = "tfidf-full") -> Candidate:
-        return Candidate(run_id, variant, 1, "full", Path("."), "tuned", {"f1": f1, "p_at_1": p1}, "run_metrics")
+        return Candidate(run_id, variant, 1, "full", {"f1": f1, "p_at_1": p1, "rule": "tuned"}, "run_metrics")
 
     assert best_candidate([cand(1, 0.5, 0.6), cand(2, 0.6, 0.5)], "example_f1").run_id == 2
     assert best_candidate([cand(1, 0.5, 0.6), cand(2, 0.6, 0.5)], "p_at_1").run_id == 1
