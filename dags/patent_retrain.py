@@ -33,7 +33,6 @@ from airflow.sdk import (
     Asset,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
-    Param,
     TriggerRule,
     dag,
     get_current_context,
@@ -41,16 +40,8 @@ from airflow.sdk import (
     task_group,
 )
 
-from patentml_airflow.config import (
-    DATASETS,
-    ENCODERS,
-    LOSSES,
-    PATENTS_ASSET_NAME,
-    PATENTS_ASSET_URI,
-    VARIANT_PATTERN,
-    DagConfig,
-    overrides_for,
-)
+from patentml_airflow.config import PATENTS_ASSET_NAME, PATENTS_ASSET_URI, DagConfig
+from patentml_airflow.params import retrain_params
 
 CONFIG = DagConfig.from_env()
 PATENTS = Asset(name=PATENTS_ASSET_NAME, uri=PATENTS_ASSET_URI)
@@ -63,17 +54,6 @@ SCHEDULE = {
 }[CONFIG.retrain_schedule]
 EVALUATE_TASK = "variant.evaluate"
 BLEND_TASK = "blend"
-
-
-def _array(default: list[str], allowed: tuple[str, ...], title: str, description: str) -> Param:
-    return Param(
-        default,
-        type="array",
-        items={"type": "string", "enum": list(allowed)},
-        uniqueItems=True,
-        title=title,
-        description=description,
-    )
 
 
 @dag(
@@ -90,60 +70,7 @@ def _array(default: list[str], allowed: tuple[str, ...], title: str, description
         "retries": CONFIG.task_retries,
         "retry_delay": dt.timedelta(minutes=2),
     },
-    params={
-        "variants": Param(
-            CONFIG.default_variants,
-            type="array",
-            items={"type": "string", "pattern": VARIANT_PATTERN},
-            uniqueItems=True,
-            title="Variants",
-            description="Exact variants to train, e.g. glove-wbce-full, bert-bce-subset, tfidf-full. "
-            "Empty: the matrix of encoders x losses x datasets below.",
-        ),
-        "encoders": _array(["glove", "bert"], ENCODERS, "Encoders", "Used when 'variants' is empty."),
-        "losses": _array(["bce", "wbce"], LOSSES, "Losses", "bce or weighted bce (wbce); tfidf takes none."),
-        "datasets": _array(["full"], DATASETS, "Datasets", "full (USPTO-2M-like) and/or the 15 % subset."),
-        "epochs": Param(
-            None, type=["null", "integer"], minimum=1, maximum=500, title="Epochs",
-            description="Empty: the library default (paper: 20, with early stopping).",
-        ),
-        "batch_size": Param(
-            None, type=["null", "integer"], minimum=1, maximum=65536, title="Batch size",
-            description="Empty: the library default.",
-        ),
-        "alpha": Param(
-            2.0, type="number", exclusiveMinimum=0, maximum=100, title="Alpha (weighted BCE)",
-            description="Weight of the positive term for the wbce loss (paper: 2).",
-        ),
-        "seed": Param(0, type="integer", minimum=0, title="Seed"),
-        "device": Param(
-            None, type=["null", "string"], enum=[None, "auto", "cpu", "cuda"], title="Device",
-            description="Empty: PATENTML_DEVICE (auto uses CUDA when present).",
-        ),
-        "model_overrides": Param(
-            CONFIG.default_overrides, type="object", title="Model overrides",
-            description='Extra model settings passed to training, e.g. {"num_filters": 128, "dropout": 0.3}; '
-            'a key naming an encoder or variant scopes its settings, e.g. {"glove": {"trainable_embeddings": true}}.',
-        ),
-        "promotion_margin": Param(
-            None, type=["null", "number"], minimum=0, exclusiveMaximum=1, title="Promotion margin",
-            description="Example-F1 points (0-1) a challenger must win by; empty: PATENTML_PROMOTION_MARGIN.",
-        ),
-        "only_if_changed": Param(
-            CONFIG.only_if_changed, type="boolean", title="Only if the corpus changed",
-            description="Skip training when the rebuilt snapshot equals the previous one.",
-        ),
-        "blend": Param(
-            CONFIG.blend, type="boolean", title="Blend the variants",
-            description="After evaluation, train and evaluate ensemble-<dataset>, a score-level blend of the "
-            "runs evaluated in this run (for each dataset with at least two), and let it compete for promotion. "
-            "Default: PATENTML_RETRAIN_BLEND.",
-        ),
-        "fail_on_variant_failure": Param(
-            True, type="boolean", title="Mark the run failed when a variant or the blend failed",
-            description="Promotion still runs on the variants that finished.",
-        ),
-    },
+    params=retrain_params(CONFIG),
 )
 def patent_retrain() -> None:
     @task
@@ -183,7 +110,6 @@ def patent_retrain() -> None:
     )
     def train(spec: dict) -> dict:
         """Train one variant on the snapshot; the run row says how it went, also when it fails."""
-        import inspect
         import socket
 
         from patentml_airflow.hook import PatentMLHook
@@ -196,9 +122,8 @@ def patent_retrain() -> None:
             print(f"{spec['variant']}: not used by this model, left out: {', '.join(ignored)}")
         from patentml.train import train as train_variant
 
-        if spec.get("snapshot_id") is not None and "snapshot_id" in inspect.signature(train_variant).parameters:
-            kwargs["snapshot_id"] = spec["snapshot_id"]  # the snapshot this run rebuilt, not a newer one
-        run_id = train_variant(spec["variant"], settings, **kwargs)
+        # The snapshot this run rebuilt, not a newer one.
+        run_id = train_variant(spec["variant"], settings, snapshot_id=spec.get("snapshot_id"), **kwargs)
         print(f"{spec['variant']}: run {run_id} trained on {socket.gethostname()}")
         return {"variant": spec["variant"], "run_id": int(run_id), "host": socket.gethostname()}
 
@@ -231,51 +156,14 @@ def patent_retrain() -> None:
         if not params.get("blend", True):
             print("blend: skipped (the 'blend' Param is off)")
             return []
-        import socket
-        import traceback
-
+        from patentml_airflow.blend import run_blends
         from patentml_airflow.hook import PatentMLHook
-        from patentml_airflow.xcom import BLEND_PREFIX, blend_groups, headline, split_outcomes
+        from patentml_airflow.xcom import split_outcomes
 
         specs = ti.xcom_pull(task_ids="plan_variants") or []
         evaluated, _ = split_outcomes(specs, ti.xcom_pull(task_ids=[EVALUATE_TASK]))
-        groups = blend_groups(evaluated)
-        if not groups:
-            print("blend: nothing to blend, no dataset has two evaluated variants (evaluated: "
-                  f"{', '.join(e['variant'] for e in evaluated) or 'none'})")
-            return []
-        snapshot_id = next((s["snapshot_id"] for s in specs if s.get("snapshot_id") is not None), None)
         hook = PatentMLHook(device=params.get("device"))
-        settings, engine = hook.get_settings(), hook.get_engine()
-        from patentml.evaluate import evaluate_run
-        from patentml.train import train as train_variant
-        from patentml.variants import parse_variant
-
-        outcomes = []
-        for dataset, members in groups.items():
-            name = BLEND_PREFIX + dataset
-            member_runs = [int(m["run_id"]) for m in members]
-            outcome: dict = {"variant": name, "members": member_runs, "host": socket.gethostname()}
-            try:
-                # Ensemble settings from model_overrides (weight_step, max_members, ...); not the members.
-                known = set(parse_variant(name).backend_class().DEFAULTS) - {"members", "member_runs"}
-                extra = {k: v for k, v in overrides_for(params.get("model_overrides") or {}, name).items()
-                         if k in known}
-                print(f"{name}: blending runs {', '.join(map(str, member_runs))} "
-                      f"({', '.join(m['variant'] for m in members)})"
-                      + (f" with {extra}" if extra else ""))
-                run_id = train_variant(name, settings, overrides={**extra, "member_runs": member_runs},
-                                       seed=int(params.get("seed") or 0), snapshot_id=snapshot_id)
-                outcome["run_id"] = int(run_id)
-                outcome["metrics"] = headline(evaluate_run(engine, run_id, settings))
-                print(f"{name} (run {run_id}): {outcome['metrics']}")
-            except Exception as exc:  # noqa: BLE001 - a failed blend is reported; promotion goes on without it
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
-                print(f"BLEND FAILED: {name} of runs {', '.join(map(str, member_runs))}: {outcome['error']}\n"
-                      f"{traceback.format_exc()}"
-                      "promotion goes on among the single variants; report will mark the run failed")
-            outcomes.append(outcome)
-        return outcomes
+        return run_blends(params, specs, evaluated, hook.get_settings(), hook.get_engine())
 
     @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
     def promote(params: dict, ti=None) -> dict:

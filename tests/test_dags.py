@@ -56,8 +56,7 @@ def test_dags_parse_in_a_clean_process_without_heavy_imports() -> None:
     )
     assert result["errors"] == {}
     assert set(result["dags"]) == EXPECTED_DAGS
-    assert result["heavy"] == [], f"parsing the DAGs imported {result['heavy']}"
-    assert result["first"] < 5.0, "parsing dags/ should take well under a second; something heavy is imported"
+    assert result["heavy"] == [], f"parsing the DAGs imported {result['heavy']}"  # timings: benchmarks/startup.py
 
 
 def test_no_import_errors_tags_and_retries(dagbag) -> None:
@@ -290,7 +289,9 @@ def test_variant_matrix_from_params() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"variants": ["bert-full"]}, "is not a variant"),
+        ({"variants": ["bert-full"]}, "needs a loss: bert-bce-full or bert-wbce-full"),
+        ({"variants": ["glove-wbce-fulll"]}, "must end with a dataset"),
+        ({"variants": ["ensemble-full"]}, "built from other runs by the blend step"),
         ({"encoders": [], "losses": ["bce"], "datasets": ["full"]}, "at least one encoder"),
         ({"encoders": ["glove"], "losses": [], "datasets": ["full"]}, "need at least one loss"),
         ({"encoders": ["glove"], "losses": ["bce"], "datasets": ["full"], "model_overrides": [1]}, "JSON object"),

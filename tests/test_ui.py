@@ -57,26 +57,26 @@ def insert_rows(engine: Any) -> dict[str, Any]:
         """))
         conn.execute(text("""
             INSERT INTO runs (run_id, variant, encoder, loss, dataset, snapshot_id, status, settings, started_at,
-                              finished_at, train_seconds, device, error, seed)
+                              finished_at, train_seconds, device, error, seed, rule)
             VALUES (11, 'glove-wbce-full', 'glove', 'wbce', 'full', 1, 'succeeded', '{}', now() - interval '3 hours',
-                    now() - interval '2 hours', 3512.0, 'cuda', NULL, 0),
+                    now() - interval '2 hours', 3512.0, 'cuda', NULL, 0, 'tuned'),
                    (12, 'bert-bce-full', 'bert', 'bce', 'full', 1, 'failed', '{}', now() - interval '2 hours',
-                    now() - interval '110 minutes', NULL, 'cuda', :error, 0),
+                    now() - interval '110 minutes', NULL, 'cuda', :error, 0, NULL),
                    (13, 'tfidf-full', 'tfidf', NULL, 'full', 1, 'succeeded', '{}', now() - interval '1 hour',
-                    now() - interval '58 minutes', 95.2, 'cpu', NULL, 0)
+                    now() - interval '58 minutes', 95.2, 'cpu', NULL, 0, 't0.5')
         """), {"error": "CUDA out of memory " + EVIL})
         metrics = "precision, recall, f1, p_at_1, r_at_1, f1_at_1, p_at_5, r_at_5, f1_at_5, mean_pred_labels, mean_true_labels, empty_share, n_patents"
         conn.execute(text(f"""
             INSERT INTO run_metrics (run_id, split, rule, threshold, keep_top, {metrics})
-            VALUES (11, 'test', 't0.5', 0.5, false, 0.6612, 0.5127, 0.5487, 0.8131, 0.52, 0.6, 0.3, 0.8453, 0.44, 1.4, 1.9, 0.03, 1480),
-                   (11, 'test', 'tuned', 0.31, false, 0.6, 0.6, 0.6, 0.8131, 0.52, 0.6, 0.3, 0.8453, 0.44, 1.9, 1.9, 0.01, 1480),
+            VALUES (11, 'test', 't0.5', 0.5, false, 0.7, 0.3, 0.4011, 0.8131, 0.52, 0.6, 0.3, 0.8453, 0.44, 1.1, 1.9, 0.2, 1480),
+                   (11, 'test', 'tuned', 0.31, false, 0.6612, 0.5127, 0.5487, 0.8131, 0.52, 0.6, 0.3, 0.8453, 0.44, 1.4, 1.9, 0.03, 1480),
                    (13, 'test', 't0.5', 0.5, false, 0.7010, 0.3504, 0.4388, 0.7704, 0.5, 0.6, 0.3, 0.7912, 0.44, 1.1, 1.9, 0.12, 1480)
         """))
         conn.execute(text("""
             INSERT INTO section_metrics (run_id, split, rule, section, precision, recall, f1, n_patents)
-            VALUES (11, 'test', 't0.5', 'A', 0.7011, 0.6012, 0.6473, 311),
-                   (11, 'test', 't0.5', 'H', 0.6801, 0.5799, 0.6260, 402),
-                   (11, 'test', 'tuned', 'A', 0.1, 0.1, 0.1, 311)
+            VALUES (11, 'test', 'tuned', 'A', 0.7011, 0.6012, 0.6473, 311),
+                   (11, 'test', 'tuned', 'H', 0.6801, 0.5799, 0.6260, 402),
+                   (11, 'test', 't0.5', 'A', 0.1, 0.1, 0.1, 311)
         """))
         conn.execute(text("""
             INSERT INTO models (model_id, run_id, variant, snapshot_id, store_uri, manifest_sha256, metrics)
@@ -130,11 +130,12 @@ def test_page_requires_a_logged_in_user(server: ApiServer) -> None:
 def test_page_shows_real_rows_escaped(server: ApiServer) -> None:
     status, page = http("GET", server.base + "/patentml/", token=server.token("viewer"))
     assert status == 200, page[:500]
-    # leaderboard: every run, the t0.5 test scores of run 11, its train duration, the failed run
+    # leaderboard: every run, each under its own rule (run 11: tuned, not the paper's 0.5), durations, the failure
     for expected in ("glove-wbce-full", "bert-bce-full", "tfidf-full", "0.549", "0.813", "0.845", "58.5 min",
                      "failed", "1.6 min"):
         assert expected in page, expected
-    # champion, its sections (the t0.5 rows, not the tuned ones), promotion history, batches with rejects
+    assert ">0.401<" not in page  # run 11's F1 under the 0.5 rule, which is not its score
+    # champion, its sections under its own rule (tuned), promotion history, batches with rejects
     assert 'id="champion"' in page and "m-20240102-glove-wbce-full-7f3a" in page
     assert "0.647" in page and "0.626" in page and ">0.100<" not in page
     assert "no champion yet" in page and "keep" in page
@@ -154,9 +155,9 @@ def test_cookie_session_and_json_summary(server: ApiServer) -> None:
     data = json.loads(body)
     assert [r["run_id"] for r in data["leaderboard"]] == [13, 12]
     assert data["champion"]["model_id"] == "m-20240102-glove-wbce-full-7f3a"
-    assert data["champion"]["metrics"]["f1"] == pytest.approx(0.5487)
+    assert data["champion"]["metrics"]["f1"] == pytest.approx(0.5487) and data["champion"]["metrics"]["rule"] == "tuned"
     assert [s["section"] for s in data["sections"]] == ["A", "H"]
-    assert data["batches"][0]["n_rejected_rows"] == 1 and data["batches"][1]["top_reason"] == "empty abstract"
+    assert data["batches"][0]["n_rejected"] == 1 and data["batches"][1]["top_reason"] == "empty abstract"
     assert data["corpus"]["rejected"] == 97
     status, _ = http("GET", server.base + "/patentml/api/summary?limit=100000", token=token)
     assert status == 422  # bounded

@@ -1,7 +1,8 @@
 """What the DAG files read at parse time: schedules, pools, queues, the patents Asset, the variant matrix.
 
 Everything comes from ``PATENTML_*`` environment variables with defaults, so an operator changes
-the wiring without editing DAG files. Standard library only: this runs every time a DAG is parsed.
+the wiring without editing DAG files. The variants, encoders, losses and datasets come from the
+registry in ``patentml.variants``, which loads no ML library: this runs every time a DAG is parsed.
 """
 
 from __future__ import annotations
@@ -11,21 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from patentml import variants as registry
+from patentml.exceptions import ConfigError
+
 #: The patents table as an Airflow Asset (AIP-60 ``postgres://host:port/database/schema/table``).
 #: The host is a logical name: the real server comes from the ``patentml_db`` Connection at run time.
 PATENTS_ASSET_NAME = "patentml_patents"
 PATENTS_ASSET_URI = "postgres://patentml:5432/patentml/public/patents"
-
-ENCODERS = ("glove", "bert", "tfidf", "tfidf-svm", "embed-linear", "embed-knn")
-#: Encoders whose variant name carries a loss (the CNNs); the linear TF-IDF model has none.
-LOSS_ENCODERS = ("glove", "bert")
-LOSSES = ("bce", "wbce")
-DATASETS = ("full", "subset")
-#: Loss-free encoders: TF-IDF with logistic regression or a linear SVM, sentence embeddings + head.
-#: (The ensemble blends finished runs: the retrain DAG's ``blend`` task trains ``ensemble-<dataset>`` from the
-#: variants it just evaluated; by hand it is ``patentml train --variant ensemble-full``.)
-VARIANT_PATTERN = r"^(?:(?:glove|bert)-(?:bce|wbce)|tfidf|tfidf-svm|embed-linear|embed-knn)-(?:full|subset)$"
-_VARIANT_RE = re.compile(VARIANT_PATTERN)
 
 RETRAIN_SCHEDULES = ("nightly", "asset", "both", "none")
 
@@ -149,29 +142,28 @@ class DagConfig:
             task_retries=env_int("TASK_RETRIES", 2),
             default_variants=variants,
             default_overrides=env_json_object("RETRAIN_OVERRIDES", DEFAULT_OVERRIDES),
-            only_if_changed=env("RETRAIN_ONLY_IF_CHANGED", "false").lower() in ("1", "true", "yes", "on"),
+            only_if_changed=env_bool("RETRAIN_ONLY_IF_CHANGED", False),
             blend=env_bool("RETRAIN_BLEND", True),
         )
 
 
 def check_variant(name: str, where: str = "variants") -> str:
-    if not _VARIANT_RE.match(name):
-        raise ConfigurationError(
-            f"{where}: {name!r} is not a variant; use <encoder>-<loss>-<dataset> for glove/bert "
-            "(e.g. glove-wbce-full, bert-bce-subset) or tfidf|tfidf-svm|embed-linear|embed-knn-<dataset> (e.g. tfidf-full)"
-        )
-    return name
-
-
-def variant_name(encoder: str, loss: str | None, dataset: str) -> str:
-    return f"{encoder}-{loss}-{dataset}" if encoder in LOSS_ENCODERS else f"{encoder}-{dataset}"
+    """``name`` if the registry can train it (a blend is made by the blend step, not listed here)."""
+    try:
+        spec = registry.parse_variant(name)
+    except ConfigError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    if spec.backend_class().built_from_runs:
+        raise ConfigurationError(f"{where}: {name!r} is built from other runs by the blend step; "
+                                 f"choose from {', '.join(registry.known_variants(trainable=True))}")
+    return spec.name
 
 
 def build_variants(params: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The training specs of one retrain run, from its (already schema-validated) Params.
 
-    ``variants`` wins when it is not empty; otherwise encoders x losses x datasets, where the
-    linear TF-IDF model takes no loss. Each spec carries everything a training task needs, so the
+    ``variants`` wins when it is not empty; otherwise encoders x losses x datasets, where loss-free
+    encoders appear once per dataset. Each spec carries everything a training task needs, so the
     mapped tasks do not read Params themselves.
     """
     explicit = [str(v).strip().lower() for v in params.get("variants") or [] if str(v).strip()]
@@ -181,24 +173,15 @@ def build_variants(params: Mapping[str, Any]) -> list[dict[str, Any]]:
         encoders = list(params.get("encoders") or [])
         losses = list(params.get("losses") or [])
         datasets = list(params.get("datasets") or [])
-        for what, chosen, allowed in (
-            ("encoders", encoders, ENCODERS),
-            ("losses", losses, LOSSES),
-            ("datasets", datasets, DATASETS),
-        ):
-            unknown = [c for c in chosen if c not in allowed]
-            if unknown:
-                raise ConfigurationError(f"Param '{what}': unknown {unknown}; choose from {list(allowed)}")
         if not encoders or not datasets:
             raise ConfigurationError("choose at least one encoder and one dataset (or list 'variants')")
-        if not losses and any(e in LOSS_ENCODERS for e in encoders):
-            raise ConfigurationError("glove and bert need at least one loss (bce, wbce)")
-        names = [
-            variant_name(e, loss, d)
-            for d in datasets
-            for e in encoders
-            for loss in (losses if e in LOSS_ENCODERS else [None])
-        ]
+        if not losses and any(registry.backend_class(e).has_loss for e in encoders if e in registry.BACKENDS):
+            raise ConfigurationError(f"{', '.join(e for e in encoders if registry.backend_class(e).has_loss)} "
+                                     f"need at least one loss ({', '.join(registry.LOSSES)})")
+        try:
+            names = [check_variant(v, where="Param 'encoders'") for v in registry.matrix(encoders, losses, datasets)]
+        except ConfigError as exc:
+            raise ConfigurationError(f"Params 'encoders'/'losses'/'datasets': {exc}") from None
     names = list(dict.fromkeys(names))  # keep order, drop repeats
     overrides = params.get("model_overrides") or {}
     if not isinstance(overrides, dict):
@@ -221,13 +204,11 @@ def overrides_for(overrides: Mapping[str, Any], variant: str) -> dict[str, Any]:
     winning over the encoder's, which win over the plain ones:
     ``{"dropout": 0.3, "glove": {"trainable_embeddings": true}, "bert-bce-full": {"fine_tune": true}}``.
     """
-    encoder = variant.rsplit("-", 1)[0]
-    for loss in LOSSES:
-        encoder = encoder.removesuffix("-" + loss)
+    encoder = registry.parse_variant(variant).encoder
     scoped = {}
     plain = {}
     for key, value in overrides.items():
-        if key in ENCODERS or key == "ensemble" or _VARIANT_RE.match(key) or key.startswith("ensemble-"):
+        if registry.is_model_key(key):
             if not isinstance(value, Mapping):
                 raise ConfigurationError(f"Param 'model_overrides': {key!r} names a model, so its value must be "
                                          f"an object of settings, got {value!r}")

@@ -25,105 +25,37 @@ log = logging.getLogger(__name__)
 URL_PREFIX = "/patentml"
 MAX_ROWS = 200
 
-# -- queries -------------------------------------------------------------------------------------
-# The test-split row a run is ranked by: the paper's threshold 0.5 when present, else the first rule.
-_RULE_ORDER = "(m.rule = 't0.5') DESC, m.rule"
-
-LEADERBOARD_SQL = f"""
-    SELECT r.run_id, r.variant, r.dataset, r.status, r.started_at, r.finished_at, r.device,
-           COALESCE(r.train_seconds, EXTRACT(EPOCH FROM (r.finished_at - r.started_at))) AS seconds,
-           r.error, m.rule, m.precision, m.recall, m.f1, m.p_at_1, m.r_at_5, m.n_patents
-    FROM runs r
-    LEFT JOIN LATERAL (
-        SELECT m.* FROM run_metrics m
-        WHERE m.run_id = r.run_id AND m.split = 'test'
-        ORDER BY {_RULE_ORDER} LIMIT 1
-    ) m ON TRUE
-    ORDER BY r.started_at DESC, r.run_id DESC
-    LIMIT :limit
-"""
-
-LAST_DECISION_SQL = """
-    SELECT promotion_id, champion_after FROM promotions
-    ORDER BY decided_at DESC, promotion_id DESC LIMIT 1
-"""
-
-MODEL_SQL = """
-    SELECT model_id, run_id, variant, snapshot_id, store_uri, manifest_sha256, created_at
-    FROM models WHERE model_id = :model_id
-"""
-
-CHAMPION_METRICS_SQL = f"""
-    SELECT m.rule, m.precision, m.recall, m.f1, m.p_at_1, m.r_at_5, m.n_patents
-    FROM run_metrics m WHERE m.run_id = :run_id AND m.split = 'test'
-    ORDER BY {_RULE_ORDER} LIMIT 1
-"""
-
-PROMOTIONS_SQL = """
-    SELECT promotion_id, decided_at, action, promoted, challenger_model_id, challenger_run_id,
-           champion_before, champion_after, metric, challenger_score, champion_score, margin, reason
-    FROM promotions ORDER BY decided_at DESC, promotion_id DESC LIMIT :limit
-"""
-
-SECTIONS_SQL = """
-    SELECT section, precision, recall, f1, n_patents
-    FROM section_metrics
-    WHERE run_id = :run_id AND split = 'test' AND rule = :rule
-    ORDER BY section
-"""
-
-BATCHES_SQL = """
-    SELECT b.batch_id, b.source, b.format, b.status, b.started_at, b.finished_at, b.seconds,
-           b.n_read, b.n_stored, b.n_updated, b.n_unchanged, b.n_rejected, b.n_skipped,
-           (SELECT count(*) FROM rejected_records rr WHERE rr.batch_id = b.batch_id) AS n_rejected_rows,
-           (SELECT rr.reason FROM rejected_records rr WHERE rr.batch_id = b.batch_id
-             GROUP BY rr.reason ORDER BY count(*) DESC, rr.reason LIMIT 1) AS top_reason
-    FROM ingest_batches b
-    ORDER BY b.batch_id DESC
-    LIMIT :limit
-"""
-
-CORPUS_SQL = """
-    SELECT (SELECT count(*) FROM patents) AS patents,
-           (SELECT count(*) FROM ingest_batches) AS batches,
-           (SELECT count(*) FROM rejected_records WHERE whole) AS rejected,
-           (SELECT count(*) FROM runs) AS runs
-"""
-
-
-def _rows(conn: Any, sql: str, **params: Any) -> list[dict[str, Any]]:
-    from sqlalchemy import text
-
-    return [dict(row._mapping) for row in conn.execute(text(sql), params)]
-
 
 def collect(engine: Any, limit: int = 20) -> dict[str, Any]:
-    """Everything the page shows, as plain data (also served as JSON)."""
+    """Everything the page shows, as plain data (also served as JSON); every run shows its own score."""
+    from patentml import variants
+    from patentml.db import corpus, registry, results
+
     with engine.connect() as conn:
-        corpus = _rows(conn, CORPUS_SQL)[0]
-        leaderboard = _rows(conn, LEADERBOARD_SQL, limit=limit)
-        promotions = _rows(conn, PROMOTIONS_SQL, limit=limit)
-        batches = _rows(conn, BATCHES_SQL, limit=limit)
+        counts = corpus.counts(conn)
+        promotions = registry.promotions(conn, limit)
         champion: dict[str, Any] | None = None
         sections: list[dict[str, Any]] = []
-        last = _rows(conn, LAST_DECISION_SQL)
-        if last and last[0]["champion_after"]:
-            found = _rows(conn, MODEL_SQL, model_id=last[0]["champion_after"])
-            champion = found[0] if found else {"model_id": last[0]["champion_after"]}
-            run_id = champion.get("run_id")
-            if run_id is not None:
-                metrics = _rows(conn, CHAMPION_METRICS_SQL, run_id=run_id)
-                champion["metrics"] = metrics[0] if metrics else None
-                if metrics:
-                    sections = _rows(conn, SECTIONS_SQL, run_id=run_id, rule=metrics[0]["rule"])
-    return {
-        "corpus": corpus,
-        "leaderboard": leaderboard,
-        "champion": champion,
-        "promotions": promotions,
-        "sections": sections,
-        "batches": batches,
-    }
+        if promotions and promotions[0]["champion_after"]:
+            current = promotions[0]["champion_after"]
+            row = registry.model(conn, current)
+            champion = {"model_id": current} if row is None else {
+                k: getattr(row, k) for k in ("model_id", "run_id", "variant", "snapshot_id", "store_uri",
+                                             "manifest_sha256", "created_at")}
+            if champion.get("run_id") is not None:
+                scored = results.run_scores(conn, [champion["run_id"]])
+                champion["metrics"] = scored[0] if scored else None
+                sections = results.section_scores(conn, champion["run_id"]) if scored else []
+        return {
+            "corpus": {"patents": counts["patents"], "batches": counts["ingest batches"],
+                       "rejected": counts["rejected records"], "runs": counts["training runs"]},
+            "leaderboard": results.recent_runs(conn, limit),
+            "champion": champion,
+            "promotions": promotions,
+            "sections": sections,
+            "batches": corpus.recent_batches(conn, limit),
+            "variants": variants.describe(),
+        }
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -232,6 +164,11 @@ TEMPLATE = """<!doctype html>
 <td class="n">{{ b.n_rejected|count }}</td><td class="n">{{ b.n_skipped|count }}</td><td>{{ b.top_reason or '–' }}</td></tr>{% endfor %}
 </table>
 {% else %}<p class="muted">Nothing ingested yet: run the <code>patent_ingest</code> DAG.</p>{% endif %}
+<h2>Variants the registry can train</h2>
+<table id="variants"><tr><th>Encoder</th><th>Variants</th><th>Runs in torch</th><th>Fine-tunes an encoder</th><th>Caches</th><th>Built from runs</th></tr>
+{% for v in variants %}<tr><td>{{ v.encoder }}</td><td>{{ v.variants|join(", ") }}</td><td>{{ "yes" if v.needs_torch else "no" }}</td>
+<td>{{ "yes" if v.can_fine_tune else "no" }}</td><td>{{ v.caches|join(", ") or "–" }}</td><td>{{ "yes" if v.built_from_runs else "no" }}</td></tr>{% endfor %}
+</table>
 <p class="muted">Data as of {{ now }} · JSON: <a href="api/summary">api/summary</a></p>
 </body></html>
 """

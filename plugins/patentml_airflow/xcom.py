@@ -7,13 +7,6 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-#: The metrics a task hands on (the full set is in Postgres); names as ``evaluate_run`` returns them.
-HEADLINE_KEYS = (
-    "precision", "recall", "f1", "example_f1", "p_at_1", "r_at_5", "f1_at_5",
-    "n_patents", "empty_share", "rule", "threshold", "split",
-)
-
-
 def jsonable(value: Any) -> Any:
     """Dicts, lists, numbers and strings only (numpy scalars, dates, paths and dataclasses converted)."""
     if isinstance(value, dict):
@@ -37,32 +30,13 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def headline(metrics: Any) -> dict[str, Any]:
-    """The scalar headline of an evaluation: top-level scalars plus the paper rule's (``t0.5``) scores.
+def headline(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """What a task hands on of an evaluation (the rest is in Postgres): the run's score under its own rule."""
+    from patentml.scoring import run_score
 
-    ``evaluate_run`` returns ``{"run_id", "n_patents", ..., "rules": {"t0.5": {...}, "tuned": {...}}}``;
-    a flat dict, or one nested under ``test``/``metrics``, is read as well.
-    """
-    data = jsonable(metrics)
-    if not isinstance(data, dict):
-        return {"value": data}
-
-    def scalars(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in d.items() if not isinstance(v, (dict, list))}
-
-    out = {k: v for k, v in scalars(data).items() if k in HEADLINE_KEYS or k.startswith("n_")}
-    rules = data.get("rules")
-    if isinstance(rules, dict) and rules:
-        name = "t0.5" if "t0.5" in rules else next(iter(rules))
-        if isinstance(rules[name], dict):
-            out.update(scalars(rules[name]))
-            out["rule"] = name
-        return out
-    for key in ("test", "t0.5", "headline", "metrics"):
-        if isinstance(data.get(key), dict):
-            out.update(scalars(data[key]))
-            break
-    return out
+    data = jsonable(evaluation)
+    return {**{k: data[k] for k in ("run_id", "variant", "split", "snapshot_id", "n_unseen_labels") if k in data},
+            **run_score(data)}
 
 
 def split_outcomes(specs: Iterable[dict], results: Any) -> tuple[list[dict], list[str]]:
@@ -77,20 +51,21 @@ def split_outcomes(specs: Iterable[dict], results: Any) -> tuple[list[dict], lis
     return evaluated, failed
 
 
-#: The blend step's variant of one dataset: ``ensemble-full``, ``ensemble-subset``.
-BLEND_PREFIX = "ensemble-"
+def blend_variant(dataset: str) -> str:
+    """The blend step's variant of one dataset (``ensemble-full``): the registry's backend built from runs."""
+    from patentml import variants as registry
 
-
-def dataset_of(variant: str) -> str:
-    """The dataset a variant is trained on: the last part of its name (``glove-wbce-full`` -> ``full``)."""
-    return variant.rsplit("-", 1)[-1]
+    blender = next(e for e in registry.encoders() if registry.backend_class(e).built_from_runs)
+    return registry.variant_name(blender, None, dataset)
 
 
 def blend_groups(evaluated: Iterable[dict]) -> dict[str, list[dict]]:
     """The evaluated runs the blend step blends: by dataset, for each dataset with at least two of them."""
+    from patentml.variants import parse_variant
+
     groups: dict[str, list[dict]] = {}
     for outcome in evaluated:
-        groups.setdefault(dataset_of(str(outcome["variant"])), []).append(outcome)
+        groups.setdefault(parse_variant(str(outcome["variant"])).dataset, []).append(outcome)
     return {dataset: runs for dataset, runs in groups.items() if len(runs) >= 2}
 
 
@@ -117,7 +92,7 @@ def _blend_lines(
     groups = blend_groups(evaluated)
     if blends is None and groups:
         # The task had something to blend but left no result: it failed (or was stopped) as a whole.
-        failed = [BLEND_PREFIX + dataset for dataset in groups]
+        failed = [blend_variant(dataset) for dataset in groups]
         return [
             "Blends evaluated: none",
             f"Blends failed: {', '.join(failed)} (the blend task did not complete: see its log)",
