@@ -97,7 +97,7 @@ def throughput(artifact: Path, data: Path, batch_size: int | None, limit: int | 
     """
     from patentml.predict import Predictor, predict_stream
 
-    from patentml.variants.embed import forget_recent
+    from patentml.sentence import forget_recent
 
     forget_recent()  # sentence vectors of an earlier model must not help this one
     predictor = Predictor(artifact)
@@ -198,10 +198,11 @@ def main() -> int:
         rows.append((name, rate, n, seconds, per_cpu, load, statistics.median(cold), cold))
 
     print()
-    from patentml.predict import PREDICT_BATCH
+    from patentml import variants as registry
 
+    batches = {e: registry.backend_class(e).predict_batch for e in registry.encoders()}
     print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__}; torch models score in {os.cpu_count()} "
-          f"single-threaded workers, batch sizes {args.batch_size or PREDICT_BATCH}; input {data} "
+          f"single-threaded workers, batch sizes {args.batch_size or batches}; input {data} "
           f"({args.n:,} abstracts)")
     print()
     print("| model | throughput (abstracts/s) | target | abstracts | seconds | abstracts/CPU-s | load avg "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, TextIO
 
 from patentml.exceptions import ArtifactError, ConfigError, StoreError
+from patentml.text import MAX_TOKENS
 
 if TYPE_CHECKING:
     from patentml.settings import Settings
@@ -30,21 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP_K = 5
 #: Patents read, scored and written per step (the backend batches within it by its own batch size).
 DEFAULT_CHUNK = 1024
-#: Characters kept of one text before tokenizing: far beyond 250 words, but bounds the work on junk.
+#: Characters kept of one text before tokenizing: far beyond MAX_TOKENS words, but bounds the work on junk.
 MAX_CHARS = 50_000
 SCORE_DIGITS = 4
-#: Patents per forward pass by backend when not given. On CPU the CNNs are fastest with small
-#: batches: a batch's convolution outputs (batch x 512 filters x length) then stay in the core's
-#: cache; measured on the 2-core dev machine, GloVe+CNN scores ~2x more abstracts per CPU second
-#: at 64 than at 256 (see benchmarks/predict.py).
-PREDICT_BATCH = {"glove": 64, "bert": 32, "tfidf": 1024}
-#: Backends whose scoring runs in torch (which releases the GIL): they score in parallel workers.
-TORCH_BACKENDS = ("glove", "bert")
-
-
-def model_cache_dir(settings: "Settings") -> Path:
-    """Where downloaded models are kept, one folder per model id."""
-    return settings.cache_dir / "models"
 
 
 @dataclass
@@ -73,10 +62,10 @@ class Predictor:
         self.source = source or str(self.folder)
         self.labels = list(self.backend.labels)
         self.decision = self.backend.decision
-        self.max_tokens = int(self.backend.params.get("max_tokens", 250))
+        self.max_tokens = int(self.backend.params.get("max_tokens", MAX_TOKENS))
         self.workers = 1
         self._pool: Any = None
-        if self.backend.name in TORCH_BACKENDS:
+        if self.backend.uses_torch():  # torch releases the GIL: score in parallel workers
             self._set_workers(workers)
 
     def _set_workers(self, workers: int | None) -> None:
@@ -120,7 +109,7 @@ class Predictor:
                     "or --artifact DIR"
                 )
             what = f"champion {model_id}"
-        cache = model_cache_dir(settings)
+        cache = settings.model_cache_dir
         if not (cache / model_id / "manifest.json").is_file() and not store.exists(model_id):
             raise StoreError(f"model {model_id!r} is not in {store.uri}: see `patentml models list`")
         folder = cached_model_dir(store, model_id, cache)
@@ -157,13 +146,13 @@ class Predictor:
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        size = batch_size or PREDICT_BATCH.get(self.backend.name)
+        size = batch_size or self.backend.predict_batch
 
         def run(part: list[str]) -> Any:
-            return self.backend.predict_scores(part, batch_size=size) if size else self.backend.predict_scores(part)
+            return self.backend.predict_scores(part, batch_size=size)
 
         n = self.workers
-        if n <= 1 or len(texts) < 2 * (size or 1):
+        if n <= 1 or len(texts) < 2 * size:
             return run(texts)
         import torch
 
@@ -368,10 +357,5 @@ def predict_stream(predictor: Predictor, stream: TextIO, out: TextIO, *, fmt: st
     return {"lines": n, "errors": errors}
 
 
-def predict_texts_to(predictor: Predictor, texts: Sequence[str], out: TextIO, top_k: int = DEFAULT_TOP_K) -> int:
-    """Texts given as arguments: ids 1..n. Returns the number of error lines."""
-    return write_lines(predictor.predict(texts, top_k=top_k), out)
-
-
-__all__ = ["DEFAULT_TOP_K", "Predictor", "Record", "count_lines", "model_cache_dir", "predict_stream",
+__all__ = ["DEFAULT_TOP_K", "Predictor", "Record", "count_lines", "predict_stream",
            "read_records", "write_lines"]

@@ -105,6 +105,11 @@ class Settings:
         return self.home / "runs"
 
     @property
+    def model_cache_dir(self) -> Path:
+        """Verified local copies of models from the store, one folder per model id."""
+        return self.cache_dir / "models"
+
+    @property
     def resolved_store_uri(self) -> str:
         return self.store_uri or (self.home / "models").resolve().as_uri()
 

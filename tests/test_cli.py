@@ -14,7 +14,8 @@ from patentml.exceptions import ConfigError
 from patentml.settings import Settings
 
 SUBCOMMANDS = [[], ["db"], ["db", "upgrade"], ["db", "url"], ["db", "shell"], ["db", "stop"], ["db", "status"],
-               ["ingest"], ["splits", "rebuild"], ["train"], ["evaluate"], ["report"]]
+               ["ingest"], ["splits", "rebuild"], ["train"], ["evaluate"], ["report"], ["promote"], ["predict"],
+               ["models", "list"], ["variants"]]
 
 
 def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -34,17 +35,21 @@ def test_help_imports_nothing_heavy() -> None:
 
 
 @pytest.mark.parametrize("args", SUBCOMMANDS, ids=lambda a: " ".join(a) or "top")
-def test_every_help_answers_in_well_under_a_second(args: list[str]) -> None:
-    best = min(_timed(args) for _ in range(2))
-    print(f"patentml {' '.join(args)} --help: {best * 1000:.0f} ms")
-    assert best < 0.8
-
-
-def _timed(args: list[str]) -> float:
-    started = time.perf_counter()
+def test_every_subcommand_has_help(args: list[str]) -> None:
+    """How fast they answer is benchmarks/cli.py's job; here: each answers, with a usage line."""
     out = _run(*args, "--help")
-    assert out.returncode == 0 and "usage: patentml" in out.stdout
-    return time.perf_counter() - started
+    assert out.returncode == 0 and f"usage: patentml {' '.join(args)}".rstrip() in out.stdout, out.stderr
+
+
+def test_train_choices_and_the_variants_listing_come_from_the_registry() -> None:
+    from patentml.variants import known_variants
+
+    listing = _run("variants")
+    assert listing.returncode == 0
+    for name in known_variants():
+        assert name in listing.stdout
+    bad = _run("train", "--variant", "glove-full")
+    assert bad.returncode == 2 and "invalid choice: 'glove-full'" in bad.stderr
 
 
 def test_settings_are_validated_with_clear_messages() -> None:

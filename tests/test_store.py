@@ -299,7 +299,7 @@ def test_file_store_leaves_no_temp_on_failure(tmp_path: Path, monkeypatch: pytes
     def broken_copy(a: object, b: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("patentml.store.shutil.copyfile", broken_copy)
+    monkeypatch.setattr("patentml.store.file.shutil.copyfile", broken_copy)
     with pytest.raises(StoreError, match="No space left"):
         store.put_dir("m1", src)
     assert not store.exists("m1")

@@ -1,0 +1,108 @@
+"""Subcommands about the data: the database, ingest and dataset snapshots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from patentml.cli.common import engine_for as _engine
+from patentml.cli.common import settings_for as _settings
+
+log = logging.getLogger("patentml")
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from patentml.db.migrate import upgrade
+
+    engine = _engine(args, migrate=False)
+    print(f"schema at revision {upgrade(engine, args.revision)}")
+    return 0
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    from patentml.db.engine import database_url
+
+    print(database_url(_settings(args)))
+    return 0
+
+
+def cmd_db_shell(args: argparse.Namespace) -> int:
+    import shutil
+
+    from patentml.db import embedded
+    from patentml.db.engine import database_url, libpq_url
+
+    url = libpq_url(database_url(_settings(args)))
+    psql = str(embedded.psql_path())
+    if not os.path.exists(psql):
+        psql = shutil.which("psql") or psql
+    sys.stdout.flush()
+    os.execv(psql, [psql, url, *args.psql_args])
+    return 0  # pragma: no cover - execv does not return
+
+
+def cmd_db_stop(args: argparse.Namespace) -> int:
+    from patentml.db import embedded
+
+    settings = _settings(args)
+    if not settings.embedded:
+        print("PATENTML_DATABASE_URL is set: there is no embedded server to stop")
+        return 0
+    stopped = embedded.stop(settings.pg_dir)
+    print("embedded Postgres stopped" if stopped else "embedded Postgres was not running")
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    from patentml.db import corpus
+
+    with _engine(args).connect() as conn:
+        counts = corpus.counts(conn)
+    for name, value in counts.items():
+        print(f"{name:>18}: {value:,}")
+    return 0
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from patentml.ingest import ingest
+
+    engine = _engine(args)
+    summaries = ingest(engine, args.sources, fmt=args.format, progress=not args.quiet)
+    total: dict[str, float] = {}
+    for s in summaries:
+        print(s.line())
+        for key in ("read", "stored", "updated", "unchanged", "rejected", "skipped", "seconds"):
+            total[key] = total.get(key, 0) + getattr(s, key)
+    if len(summaries) > 1:
+        rate = total["read"] / total["seconds"] if total["seconds"] else 0.0
+        print(
+            f"total: read {total['read']:.0f}, stored {total['stored']:.0f}, updated {total['updated']:.0f}, "
+            f"unchanged {total['unchanged']:.0f}, rejected {total['rejected']:.0f}, "
+            f"skipped {total['skipped']:.0f} in {total['seconds']:.1f} s ({rate:,.0f} records/s)"
+        )
+    if args.json:
+        print(json.dumps([s.as_dict() for s in summaries]))
+    return 0
+
+
+# --- splits, train, evaluate, report ---------------------------------------------------------
+
+
+def cmd_splits_rebuild(args: argparse.Namespace) -> int:
+    from patentml.splits import format_stats, rebuild
+
+    settings = _settings(args)
+    info = rebuild(_engine(args), args.label_scheme or settings.label_scheme)
+    state = "new" if info.changed else "unchanged corpus, reused"
+    print(f"snapshot {info.snapshot_id} ({info.label_scheme} labels, {state})")
+    print(format_stats(info.stats))
+    return 0
