@@ -5,11 +5,16 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from patentml.metrics import choose_per_label_thresholds, choose_threshold, evaluate_scores
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.test_metrics import random_problem  # noqa: E402 - the same problem the correctness test checks
 
 #: Seconds the evaluation of one run may take on 2 cores (it runs once per variant per night).
 EVALUATE_LIMIT = 3.0
@@ -17,20 +22,9 @@ EVALUATE_LIMIT = 3.0
 THRESHOLDS_LIMIT = 5.0
 
 
-def problem(n: int, n_labels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Sparse truth (1-3 labels a patent) and scores that rank true labels higher, noisily."""
-    rng = np.random.default_rng(seed)
-    y = np.zeros((n, n_labels), dtype=bool)
-    for i in range(n):
-        y[i, rng.choice(n_labels, rng.integers(1, 4), replace=False)] = True
-    scores = rng.random((n, n_labels)) ** 6
-    scores[y] = np.clip(scores[y] + rng.random(int(y.sum())) * 0.9, 0, 1)
-    names = [f"{'ABCDEFGHY'[j % 9]}{j % 100:02d}{chr(65 + j // 100)}" for j in range(n_labels)]
-    return y, scores.astype(np.float32), names
-
-
 def main() -> None:
-    y, s, names = problem(4000, 630)
+    y, s, names = random_problem(4000, 630, seed=0)
+    s = s.astype(np.float32)
     started = time.perf_counter()
     evaluate_scores(y, s, names, threshold=0.4, keep_top=True)
     evaluate = time.perf_counter() - started
