@@ -19,6 +19,10 @@ from patentml.exceptions import ConfigError
 #: The host is a logical name: the real server comes from the ``patentml_db`` Connection at run time.
 PATENTS_ASSET_NAME = "patentml_patents"
 PATENTS_ASSET_URI = "postgres://patentml:5432/patentml/public/patents"
+#: The champion model as an Asset: promotion updates it when the champion pointer moves (its event's
+#: extra names the model), and the scoring DAG runs on it. The URI names the pointer's role, not a bucket.
+CHAMPION_ASSET_NAME = "patentml_champion"
+CHAMPION_ASSET_URI = "patentml://models/pointers/champion"
 
 RETRAIN_SCHEDULES = ("nightly", "asset", "both", "none")
 
