@@ -92,6 +92,9 @@ class SentenceEncoder:
         self.tokenizer, self.model = load_encoder(name_or_path)
         self.dim = int(self.model.config.hidden_size)
         self.pooling = pooling_mode(self.source) if Path(self.source).is_dir() else "mean"
+        # Fast tokenizers refuse concurrent calls that set truncation/padding ("Already borrowed"); the
+        # forward passes of prediction's worker threads run in parallel, the tokenizing does not.
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def key(self) -> str:
@@ -108,8 +111,10 @@ class SentenceEncoder:
         import torch
 
         device = next(self.model.parameters()).device
-        enc = self.tokenizer(list(texts), truncation=True, max_length=max_length or self.max_length, padding=True,
-                             return_tensors="pt").to(device)
+        with self._tokenizer_lock:
+            enc = self.tokenizer(list(texts), truncation=True, max_length=max_length or self.max_length, padding=True,
+                                 return_tensors="pt")
+        enc = enc.to(device)
         hidden = self.model(**enc).last_hidden_state  # (batch, seq, dim)
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
         if self.pooling == "cls":
