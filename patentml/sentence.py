@@ -129,15 +129,17 @@ class SentenceEncoder:
         """(n, dim) float32 unit vectors, in length-sorted batches (each padded to its own longest text)."""
         import numpy as np
         import torch
-        from tqdm import tqdm
+
+        from patentml.progress import tracked
 
         was_training = self.model.training
         self.model.eval()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
+        starts = range(0, len(order), self.batch_size)
         with torch.inference_mode():
-            for start in tqdm(range(0, len(order), self.batch_size), disable=not progress, desc="embed",
-                              unit=" batch", mininterval=1):
+            for start in tracked(starts, len(texts), "encoding abstracts", "abstract", bar=progress,
+                                 sizes=(min(self.batch_size, len(order) - s) for s in starts)):
                 rows = order[start : start + self.batch_size]
                 out[rows] = self.pool([texts[i] for i in rows]).cpu().numpy()
         self.model.train(was_training)

@@ -79,7 +79,7 @@ def write_flat_split(folder: Path, corpus: Corpus, labels: Sequence[str],
                      encode: Callable[[list[Doc]], list[np.ndarray]], dtype: str, dim: int | None = None,
                      chunk: int = 256, progress: bool = False, desc: str = "encode") -> FlatSplit:
     """Stream a corpus through ``encode`` (chunks of docs -> token arrays) into ``folder``; atomic."""
-    from tqdm import tqdm
+    from patentml.progress import tracked
 
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def write_flat_split(folder: Path, corpus: Corpus, labels: Sequence[str],
                 label_offsets.append(len(label_idx))
             buf.clear()
 
-        for doc in tqdm(corpus, desc=desc, unit=" doc", disable=not progress, total=len(corpus), mininterval=1):
+        for doc in tracked(corpus, len(corpus), desc, "abstract", bar=progress):
             buf.append(doc)
             if len(buf) >= chunk:
                 flush()
