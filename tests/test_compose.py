@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from tests import system
 from tests.airflow_env import REPO, airflow_env, drop_metadata_database, metadata_database, run_airflow
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -338,12 +339,7 @@ def _render(text: str, values: dict[str, str]) -> str:
 
 
 # -- Redis: the password is required, the healthcheck and the broker URL use it -----------------------
-REDIS_MISSING = None if shutil.which("redis-server") and shutil.which("redis-cli") else (
-    "needs redis-server and redis-cli (Debian: sudo apt-get install redis-server)"
-)
-
-
-@pytest.mark.skipif(REDIS_MISSING is not None, reason=REDIS_MISSING or "")
+@system.needs("redis-server", "redis-cli")
 def test_redis_refuses_clients_without_the_password(compose: dict[str, Any], tmp_path: Path) -> None:
     """The compose Redis config, the healthcheck command and the broker URL, run against a real redis-server."""
     from tests.airflow_env import HOST, free_port, wait_until
