@@ -61,3 +61,19 @@ def test_the_check_passes_for_data_that_is_there(clone: Path, tmp_path: Path) ->
         assert (proc.returncode, proc.stderr) == (0, ""), data
     proc = _run(["bash", "scripts/run-main-job", "--check-data"], clone)
     assert proc.returncode == 2
+
+
+def test_a_missing_system_program_skips_naming_the_package_and_the_command(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    from tests import system
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    assert system.missing_packages() == ["chromium", "redis-server"]
+    reason = system.missing("redis-server", "redis-cli")
+    assert reason is not None and "Debian package redis-server" in reason
+    assert "`sudo apt-get install -y redis-server`" in reason and "make test" in reason
+    program = tmp_path / "redis-server"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    assert system.missing("redis-server") is None and system.missing_packages() == ["chromium", "redis-server"]
+    assert system.missing_packages("redis-server") == []
