@@ -154,6 +154,7 @@ def test_roots_and_hosts_come_from_the_environment(monkeypatch: pytest.MonkeyPat
         ("https://user:pw@bulkdata.uspto.gov/x.zip", "credentials"),
         ("ftp://bulkdata.uspto.gov/x.zip", "only http(s)"),
         ("https://bulkdata.uspto.gov.evil.example/x.zip", "host is not allowed"),
+        ("https://bulkdata.uspto.gov:http/x.zip", "host is not allowed"),
     ],
 )
 def test_urls_are_confined_to_the_allowed_hosts(url: str, problem: str | None) -> None:

@@ -101,7 +101,10 @@ class SourcePolicy:
             problem = "'.' and '..' are not allowed in its path"
         else:
             default = 443 if parts.scheme.lower() == "https" else 80
-            port = parts.port or default
+            try:
+                port = parts.port or default
+            except ValueError:  # not a number, or out of range
+                port = -1
             for allowed in self.url_hosts:
                 where, _, prefix = allowed.partition("/")
                 host, _, want = where.partition(":")
