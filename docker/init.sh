@@ -2,8 +2,17 @@
 # One-shot set-up of the compose stack (the airflow-init service); safe to run again.
 # Migrates both databases, writes the Airflow login, creates the PatentML Connections, the training
 # pool and the model bucket. Everything comes from the environment (see docker-compose.yml / .env).
+#
+# Runs as the image's airflow user, after the airflow-volumes service (docker/init-volumes.sh, root)
+# has given it the folders it writes, so nothing here needs or leaves anything owned by root.
 set -euo pipefail
 
+if [[ "$(id -u)" == 0 ]]; then
+    echo "error: run init.sh as the airflow user, not root: what it writes would be root's, and the services" \
+         "(uid 50000) could not read it. docker/init-volumes.sh is the part that runs as root." >&2
+    exit 2
+fi
+passwords="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-${AIRFLOW_HOME:-/opt/airflow}/simple_auth_manager_passwords.json}"
 : "${PATENTML_DB_URL:?set PATENTML_DB_URL (postgresql://user:password@host:5432/patentml)}"
 : "${PATENTML_S3_ENDPOINT:?set PATENTML_S3_ENDPOINT (http://seaweedfs:8333)}"
 : "${PATENTML_S3_ACCESS_KEY:?}" "${PATENTML_S3_SECRET_KEY:?}" "${PATENTML_S3_BUCKET:?}"
@@ -18,16 +27,22 @@ echo "== PatentML schema"
 PATENTML_DATABASE_URL="$PATENTML_DB_URL" patentml db upgrade
 
 echo "== Airflow login (SimpleAuthManager)"
-passwords="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-/opt/airflow/simple_auth_manager_passwords.json}"
 mkdir -p "$(dirname "$passwords")"
 python - "$passwords" <<'PY'
 import json, os, sys
-with open(sys.argv[1], "w") as fh:
+# Readable by its owner only, written under a temporary name and renamed: never half a file.
+path = sys.argv[1]
+fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+with os.fdopen(fd, "w") as fh:
     json.dump({"admin": os.environ["AIRFLOW_ADMIN_PASSWORD"]}, fh)
+os.replace(path + ".tmp", path)
 PY
 
 echo "== Connections patentml_db and patentml_s3"
-python - <<'PY' > /tmp/patentml-connections.json
+# The file holds passwords: a private temporary file (mktemp: 0600, unguessable name), removed on exit.
+connections="$(mktemp --suffix=.json)"
+trap 'rm -f "$connections"' EXIT
+python - <<'PY' > "$connections"
 import json, os
 from urllib.parse import parse_qs, urlsplit, unquote
 db = urlsplit(os.environ["PATENTML_DB_URL"])
@@ -50,8 +65,8 @@ print(json.dumps({
     },
 }))
 PY
-airflow connections import --overwrite /tmp/patentml-connections.json
-rm -f /tmp/patentml-connections.json
+airflow connections import --overwrite "$connections"
+rm -f "$connections"
 
 echo "== Pool ${POOL} (${POOL_SLOTS} slots)"
 airflow pools set "$POOL" "$POOL_SLOTS" "PatentML training (one slot per GPU)"

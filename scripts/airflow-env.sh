@@ -18,7 +18,7 @@ export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 # LocalExecutor starts one worker process per slot: keep it small on a laptop (the default is 32).
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-${AIRFLOW_PARALLELISM:-4}}"
 export PYTHONUNBUFFERED=1
-mkdir -p "$AIRFLOW_HOME"
+mkdir -p "$AIRFLOW_HOME" "$PATENTML_HOME/incoming"  # incoming: where the ingest DAG may read by default
 
 # Print the metadata URL: database `airflow` on the server PatentML uses (started if embedded).
 airflow_metadata_url() {

@@ -341,8 +341,8 @@ if bag.import_errors:
 for spec in json.loads(sys.argv[1]):
     dag = bag.dags[spec["dag_id"]]
     kwargs = {"run_conf": spec.get("conf") or None}
-    if spec.get("logical_date"):
-        kwargs["logical_date"] = dt.datetime.fromisoformat(spec["logical_date"])
+    if "logical_date" in spec:  # null: a run without a logical date, as a manual trigger from the UI makes
+        kwargs["logical_date"] = spec["logical_date"] and dt.datetime.fromisoformat(spec["logical_date"])
     started = time.monotonic()
     run = dag.test(**kwargs)
     seconds = time.monotonic() - started
@@ -365,7 +365,8 @@ for spec in json.loads(sys.argv[1]):
 
 def dag_test(env: Mapping[str, str], runs: list[dict[str, Any]], timeout: float = 900) -> list[dict[str, Any]]:
     """Run ``dag.test()`` for each ``{"dag_id", "conf", "logical_date"}`` in one fresh process (the
-    Airflow start-up is paid once) and return one result per run: state, task states, asset events."""
+    Airflow start-up is paid once) and return one result per run: state, task states, asset events.
+    Without ``logical_date`` the run's logical date is now (dag.test's default); ``None`` gives none."""
     proc = subprocess.run(
         [sys.executable, "-c", DAG_TEST_RUNNER, json.dumps(runs)],
         env=dict(env), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO,

@@ -8,6 +8,7 @@ test_celery.py (a real worker on queue ``gpu``).
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import time
@@ -24,6 +25,7 @@ from tests.airflow_env import (
     drop_metadata_database,
     metadata_database,
 )
+from tests.bulkserver import bulk_server, weekly_ids, weekly_zip
 
 CORPUS = Path(__file__).parent / "fixtures" / "airflow_corpus.jsonl"
 LIBRARY = ("patentml.ingest", "patentml.splits", "patentml.train", "patentml.evaluate", "patentml.promote",
@@ -63,6 +65,7 @@ def stack(pg_admin_url: str, db_url: str, s3: Any, tmp_path_factory: pytest.Temp
             "AIRFLOW_CONN_PATENTML_S3": json.dumps(s3_conn),
             "PATENTML_HOME": str(home / "patentml"),
             "PATENTML_INGEST_SOURCE": str(CORPUS),
+            "PATENTML_INGEST_ROOTS": str(CORPUS.parent),
             "PATENTML_DEVICE": "cpu",
             "PATENTML_THREADS": "2",
             # Fail fast in tests: a retry would wait minutes in dag.test().
@@ -194,3 +197,63 @@ def test_second_round_without_new_data_changes_nothing(stack: dict[str, Any], en
     assert _rows(engine, "SELECT count(*) AS n FROM promotions")[0]["n"] == 2
     # tfidf-full, glove-wbce-full and their blend, then tfidf-full again
     assert _rows(engine, "SELECT count(*) AS n FROM runs WHERE status = 'succeeded'")[0]["n"] == 4
+
+
+def _patent_ids(engine: Any, candidates: set[str]) -> set[str]:
+    rows = _rows(engine, "SELECT patent_id FROM patents WHERE patent_id = ANY(:ids)", ids=sorted(candidates))
+    return {r["patent_id"] for r in rows}
+
+
+def test_ingest_weekly_files_one_task_each_confined_and_by_interval(stack: dict[str, Any], engine: Any,
+                                                                   tmp_path: Path) -> None:
+    """patent_ingest on USPTO-style weekly zips: from a listing served over HTTP (the newest two, then all
+    of them with a broken one among them), a path outside the roots, and a manual run without a logical
+    date on a local folder."""
+    # The run without a logical date reads the last complete weekly interval (Tuesdays 06:00 UTC) before now.
+    now = dt.datetime.now(dt.timezone.utc)
+    end = (now - dt.timedelta(days=(now.weekday() - 1) % 7)).replace(hour=6, minute=0, second=0, microsecond=0)
+    end -= dt.timedelta(days=7) if end > now else dt.timedelta(0)
+    local = tmp_path / "incoming"
+    weekly_zip(local, end.date(), 3)  # published on the Tuesday that ends the interval: in it
+    weekly_zip(local, (end - dt.timedelta(days=7)).date(), 4)  # 00:00 before the interval's 06:00 start: out
+    with bulk_server(tmp_path / "www") as server:
+        for week, day in enumerate((dt.date(2025, 1, 7), dt.date(2025, 1, 14), dt.date(2025, 1, 21))):
+            weekly_zip(server.root / "2025", day, week)
+        listing = f"{server.url}/2025/"
+        env = {**stack["env"], "PATENTML_INGEST_ROOTS": str(local), "PATENTML_INGEST_URL_HOSTS": server.netloc}
+        # (Each call's output tail is the last run's: the one whose error message is read goes last.)
+        newest, outside = dag_test(env, [{"dag_id": "patent_ingest", "conf": {"source": listing, "latest": 2}},
+                                         {"dag_id": "patent_ingest", "conf": {"source": "/proc/self/environ"}}])
+        # The newest two weeks: one mapped task per file, each labelled with its file, downloaded into PATENTML_HOME.
+        assert newest["state"] == "success", _explain(newest)
+        assert newest["rendered_map_index"] == {"ingest[0]": "ipg250114.zip", "ingest[1]": "ipg250121.zip"}
+        assert _patent_ids(engine, weekly_ids(0) | weekly_ids(1) | weekly_ids(2)) == weekly_ids(1) | weekly_ids(2)
+        (event,) = newest["asset_events"]
+        assert event["extra"]["stored"] == 5 and len(event["extra"]["batch_ids"]) == 2  # 2 + 2 grants, 1 plant patent
+        cached = sorted(p.name for p in (stack["home"] / "patentml" / "cache" / "downloads").rglob("ipg*.zip"))
+        assert cached == ["ipg250114.zip", "ipg250121.zip"]
+
+        (server.root / "2025" / "ipg250128.zip").write_bytes(b"PK\x03\x04 cut off")  # a broken week joins
+        manual, everything = dag_test(env, [
+            {"dag_id": "patent_ingest", "conf": {"source": str(local)}, "logical_date": None},
+            {"dag_id": "patent_ingest", "conf": {"source": listing, "by_interval": False}},
+        ])
+
+    # A path outside the roots: refused before anything is read, naming the allowed folder.
+    assert "/proc/self/environ" not in {b["source"] for b in _rows(engine, "SELECT source FROM ingest_batches")}
+    assert outside["state"] == "failed" and outside["tasks"]["select_sources"] == "failed", _explain(outside)
+    assert f"outside the folders ingest may read ({local})" in outside["output"]
+
+    # All weeks: the broken file fails alone, the others are stored; the Asset waits for a complete run.
+    tasks = everything["tasks"]
+    assert everything["rendered_map_index"]["ingest[3]"] == "ipg250128.zip", _explain(everything)
+    assert [tasks[f"ingest[{i}]"] for i in range(4)] == ["success", "success", "success", "failed"], _explain(everything)
+    assert tasks["publish_patents"] == "upstream_failed" and everything["state"] == "failed"
+    assert _patent_ids(engine, weekly_ids(0)) == weekly_ids(0)
+    assert "ipg250128.zip: not a readable zip archive" in everything["output"]
+
+    # No logical date: the last complete interval before the trigger, worked out above.
+    assert manual["state"] == "success", _explain(manual)
+    assert manual["data_interval"] == ["None", "None"]
+    assert [item["name"] for item in manual["xcoms"]["select_sources"]] == [f"ipg{end:%y%m%d}.zip"]
+    assert _patent_ids(engine, weekly_ids(3) | weekly_ids(4)) == weekly_ids(3)

@@ -1,12 +1,9 @@
-"""The hook turns Airflow Connections into PatentML settings (environment as fallback); ingest source selection."""
+"""The hook turns Airflow Connections into PatentML settings (environment as fallback); XCom helpers."""
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import http.server
 import json
-import threading
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -16,7 +13,6 @@ import pytest
 from tests import airflow_env  # noqa: F401  (configures Airflow before it is imported)
 from tests.airflow_env import connection_json
 
-UTC = dt.timezone.utc
 
 
 @pytest.fixture
@@ -106,76 +102,6 @@ def test_socket_connection_reaches_the_embedded_server(clean_env: pytest.MonkeyP
         assert conn.execute(text("SELECT current_database()")).scalar() == urlsplit(db_url).path.lstrip("/")
         assert conn.execute(text("SELECT to_regclass('runs')")).scalar() == "runs"
     assert hook.test_connection() == (True, "PatentML database reachable")
-
-
-# -- ingest source selection ----------------------------------------------------------------------
-def _touch(folder: Path, *names: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_text("x")
-
-
-def test_weekly_files_are_picked_by_data_interval(tmp_path: Path) -> None:
-    from patentml_airflow.sources import file_date, select
-
-    assert file_date("ipg240102.zip") == dt.date(2024, 1, 2)
-    assert file_date("https://bulkdata.uspto.gov/x/ipa231228.zip") == dt.date(2023, 12, 28)
-    assert file_date("uspto-cpc-random.jsonl") is None and file_date("ipg991399.xml") is None
-    _touch(tmp_path / "weekly", "ipg231226.zip", "ipg240102.zip", "ipg240109.zip", "ipa240104.xml.gz", ".ipg240102.zip")
-    # The run of the week ending Tuesday 2 Jan 2024 06:00 reads the file published that Tuesday.
-    start, end = dt.datetime(2023, 12, 26, 6, tzinfo=UTC), dt.datetime(2024, 1, 2, 6, tzinfo=UTC)
-    chosen = select([str(tmp_path / "weekly")], start, end)
-    assert [Path(p).name for p in chosen.selected] == ["ipg240102.zip"]
-    assert sorted(Path(p).name for p in chosen.outside) == ["ipa240104.xml.gz", "ipg231226.zip", "ipg240109.zip"]
-    everything = select([str(tmp_path / "weekly" / "ipg*.zip")], start, end, by_interval=False)
-    assert [Path(p).name for p in everything.selected] == ["ipg231226.zip", "ipg240102.zip", "ipg240109.zip"]
-
-
-def test_undated_sources_are_read_whole(tmp_path: Path) -> None:
-    from patentml_airflow.sources import select, split_sources
-
-    _touch(tmp_path / "jsonl", "a.jsonl", "b.jsonl.gz")
-    start, end = dt.datetime(2024, 1, 1, tzinfo=UTC), dt.datetime(2024, 1, 8, tzinfo=UTC)
-    chosen = select(split_sources(f"{tmp_path / 'jsonl'}, {tmp_path / 'jsonl' / 'a.jsonl'}\n"), start, end)
-    # A folder without dated files goes to the library as it is (it groups PatentsView tables by folder).
-    assert chosen.selected == [str(tmp_path / "jsonl"), str(tmp_path / "jsonl" / "a.jsonl")]
-
-
-def test_missing_and_empty_sources_say_what_to_do(tmp_path: Path) -> None:
-    from patentml_airflow.sources import SourceError, select
-
-    with pytest.raises(SourceError, match="PATENTML_INGEST_SOURCE"):
-        select([], None, None)
-    with pytest.raises(SourceError, match="not found"):
-        select([str(tmp_path / "nope" / "*.jsonl")], None, None)
-
-
-@pytest.fixture
-def http_folder(tmp_path: Path):
-    """A local HTTP server with a directory listing, like USPTO's bulk-data pages."""
-    root = tmp_path / "www"
-    _touch(root / "2024", "ipg240102.zip", "ipg240109.zip", "README.txt")
-    (root / "2024" / "ipg240102.zip").write_bytes(b"PK-week-1")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_url_listing_is_filtered_by_interval_and_downloaded_once(http_folder: str, tmp_path: Path) -> None:
-    from patentml_airflow.sources import localize, select
-
-    start, end = dt.datetime(2023, 12, 26, 6, tzinfo=UTC), dt.datetime(2024, 1, 2, 6, tzinfo=UTC)
-    chosen = select([http_folder + "/2024/"], start, end)
-    assert chosen.selected == [http_folder + "/2024/ipg240102.zip"]
-    assert chosen.outside == [http_folder + "/2024/ipg240109.zip"]  # README.txt is no data file
-    (local,) = localize(chosen.selected, tmp_path / "downloads")
-    assert Path(local).name == "ipg240102.zip" and Path(local).read_bytes() == b"PK-week-1"
-    assert not list((tmp_path / "downloads").rglob("*.part"))
-    assert localize(chosen.selected, tmp_path / "downloads") == [local]  # cached by URL
 
 
 def test_xcom_helpers_keep_results_plain() -> None:

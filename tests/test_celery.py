@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
-
+from tests import system
 from tests.airflow_env import (
     AIRFLOW,
     HOST,
@@ -39,7 +38,7 @@ CHECK_DAG = "patentml_worker_check"
 RETRAIN_DAG = "patent_retrain"
 CORPUS = Path(__file__).parent / "fixtures" / "airflow_corpus.jsonl"
 
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server (make test installs it)")
+pytestmark = system.needs("redis-server")
 
 
 def _redis_ping(port: int) -> bool:

@@ -92,7 +92,21 @@ def test_ingest_graph_and_asset(dagbag) -> None:
     assert not dag.get_task("ingest").outlets, "only publish_patents may update the Asset"
     # A data-interval timetable: weekly files are picked by the interval, which a trigger timetable lacks.
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
-    assert set(dag.params) == {"source", "format", "by_interval"}
+    assert set(dag.params) == {"source", "format", "by_interval", "latest"}
+    # One mapped ingest task per file: a file retries alone, files run in parallel.
+    ingest = dag.get_task("ingest")
+    assert type(ingest).__name__.endswith("MappedOperator") and ingest.retries >= 1
+    assert ingest.map_index_template == "{{ ingest_item }}"
+
+
+def test_ingest_params_refuse_a_bad_latest(dagbag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["patent_ingest"]
+    assert _validated(dag, {})["latest"] is None and _validated(dag, {"latest": 3})["latest"] == 3
+    for bad in (0, -2, "three", 1.5):
+        with pytest.raises(ParamValidationError, match="param latest"):
+            _validated(dag, {"latest": bad})
 
 
 def test_retrain_graph_pools_queues_and_trigger_rules(dagbag) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import text
 
+from tests import system
 from tests.airflow_env import (
     ApiServer,
     airflow_env,
@@ -264,7 +265,7 @@ IFRAME_ROWS = """(() => {
 })()"""
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (make test installs it)")
+@system.needs("chromium")
 def test_page_inside_the_airflow_ui_in_chromium(server: ApiServer, tmp_path: Path) -> None:
     browser = Chromium(shutil.which("chromium") or "chromium")
     started = time.monotonic()
