@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -422,7 +422,6 @@ def test_champion_rescored_on_a_new_snapshot(trained: dict[str, Any], engine: An
 
 
 def test_best_candidate_ranks_by_metric_then_other_metric_then_oldest() -> None:
-    from pathlib import Path
 
     from patentml.promote import Candidate, best_candidate
 

@@ -6,7 +6,6 @@ import json
 import socket
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
