@@ -53,3 +53,20 @@ def test_each_run_shows_one_f1_everywhere(two_runs: dict[int, dict[str, Any]], e
     data = collect(engine)
     assert {r["run_id"]: r["f1"] for r in data["leaderboard"] if r["run_id"] in own} == pytest.approx(own)
     assert data["champion"]["metrics"]["f1"] == pytest.approx(own[decision["challenger_run_id"]])
+
+
+def test_the_main_job_summary_names_what_happened(two_runs: dict[int, dict[str, Any]], engine: Any,
+                                                  settings: Any) -> None:
+    import datetime as dt
+
+    from patentml.promote import promote
+    from patentml.summary import main_job_summary
+
+    decision = promote(settings, run_ids=list(two_runs), margin=0.0, engine=engine)
+    text = main_job_summary(engine, dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc))
+    for run_id, summary in two_runs.items():
+        f1 = summary["rules"][summary["rule"]]["f1"]
+        assert any(line.split()[:3] == [str(run_id), summary["variant"], f"{100 * f1:.1f}"]
+                   for line in text.splitlines()), (run_id, text)
+    assert f"champion {decision['champion_after']}" in text and decision["reason"] in text
+    assert "1 file(s): 300 records read" in text and "patentml db shell" in text and "patentml predict" in text
