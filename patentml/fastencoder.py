@@ -1,4 +1,4 @@
-"""Fast CPU inference for BERT-family sentence encoders: ONNX Runtime fp32 or dynamic int8, batches bucketed by length."""
+"""Fast CPU inference of BERT-family sentence encoders: ONNX Runtime, fp32 or dynamic int8, length-bucketed batches."""
 
 from __future__ import annotations
 
@@ -161,13 +161,15 @@ def vector_key(model: Any, source: str, max_length: int, tag: str | None, poolin
     """The cache key of the vectors: SentenceEncoder's (one formula) plus the pooling when not mean."""
     from patentml.variants.embed import SentenceEncoder
 
-    base = SentenceEncoder.key.fget(SimpleNamespace(model=model, source=source, max_length=max_length, tag=tag))  # type: ignore[attr-defined]
+    fields = SimpleNamespace(model=model, source=source, max_length=max_length, tag=tag)
+    base = SentenceEncoder.key.fget(fields)  # type: ignore[attr-defined]
     return base if pooling == "mean" else f"{base}:{pooling}"
 
 
 def _versions() -> dict[str, str | None]:
-    from patentml.artifact import library_versions
     from importlib import metadata
+
+    from patentml.artifact import library_versions
 
     versions = library_versions()
     for dist in ("onnx", "onnxruntime"):

@@ -51,7 +51,7 @@ def test_hnsw_agrees_with_exact_search() -> None:
     # Random clusters in 32 dimensions are harder for a graph than sentence vectors: a wider search.
     index = VectorIndex.build(memory, threshold=1000, params=HnswParams(ef_search=256, candidates=200))
     assert index.kind == "hnsw" and len(index) == 3000 and index.dim == 32
-    exact_idx, exact_sims = nearest(queries @ memory.T, 10)
+    exact_idx, _ = nearest(queries @ memory.T, 10)
     idx, sims = nearest_rows(queries, index, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, exact_idx)])
     assert recall >= 0.98, recall

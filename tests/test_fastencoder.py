@@ -10,14 +10,23 @@ import numpy as np
 import pytest
 
 from patentml.exceptions import ConfigError, ModelError
-from patentml.fastencoder import (FFN_OUTPUT, ONNX_FILE, FastEncoder, Int8Recipe, length_batches, ort_session, pad,
-                                  pool, pooling_mode)
+from patentml.fastencoder import (
+    FFN_OUTPUT,
+    ONNX_FILE,
+    FastEncoder,
+    Int8Recipe,
+    length_batches,
+    ort_session,
+    pad,
+    pool,
+    pooling_mode,
+)
 
 TEXTS = [
     "A wireless node retransmits packets when the acknowledgement is lost.",
     "A turbine diaphragm is lifted on carts.",
-    "An antibody binds the receptor and blocks signalling in tumour cells, which slows their growth "
-    "in a mouse model; the antibody is humanised and produced in CHO cells.",
+    ("An antibody binds the receptor and blocks signalling in tumour cells, which slows their growth "
+     "in a mouse model; the antibody is humanised and produced in CHO cells."),
     "Rotor.",
     "A method of coating a glass substrate with a thin film of tin oxide by chemical vapour deposition.",
 ]
