@@ -120,6 +120,7 @@ def test_onnx_fp32_matches_torch_and_shares_its_key(minilm: str, reference: tupl
     # Rows come back in input order although batches are sorted by length (5 texts, batches of 2, padding).
     np.testing.assert_allclose(vectors, ref, atol=2e-5)
     assert encoder.key == key and encoder.dim == 384 and encoder.pooling == "mean"
+    assert encoder.encode([]).shape == (0, 384)
     # One cache folder per weights, holding the fp32 graph.
     (folder,) = cache.iterdir()
     assert (folder / "fp32" / ONNX_FILE).is_file()
