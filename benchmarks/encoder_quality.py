@@ -47,13 +47,16 @@ class FixedVectors:
         raise AssertionError(f"{len(vectors)} texts were encoded although every vector was given")
 
 
-def vectors_for(name: str, split: str, texts: list[str], folder: Path) -> np.ndarray:
+def vectors_for(name: str, split: str, texts: list[str], folder: Path, limit: int | None = None) -> np.ndarray:
+    """The split's vectors from ``<name>_<split>.npy`` (its first ``limit`` rows when set), encoded when absent."""
     path = folder / f"{name}_{split}.npy"
+    if limit is not None and not path.is_file():
+        path = folder / f"{name}_{split}{limit}.npy"
     if path.is_file():
         v = np.load(path)
-        if len(v) != len(texts):
+        if len(v) < len(texts) or (limit is None and len(v) != len(texts)):
             raise SystemExit(f"{path} has {len(v)} rows for {len(texts)} {split} abstracts: another snapshot?")
-        return v
+        return v[: len(texts)]
     started = time.perf_counter()
     if RECIPES[name] is None:
         from patentml.variants.embed import SentenceEncoder
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mixed", action="store_true", help="also fp32 memory with each int8 configuration's queries")
     ap.add_argument("--seeds", default="0", help="embed-linear seeds (kNN has no randomness)")
     ap.add_argument("--backends", default="embed-knn,embed-linear")
+    ap.add_argument("--train-limit", type=int, help="train on the first N train patents only (cost)")
     args = ap.parse_args(argv)
 
     from sqlalchemy import text
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     sid = latest_snapshot(engine)
     labels = label_space(engine, sid, "full")
     train = list(iter_split(engine, sid, "full", "train"))
+    train = train[: args.train_limit] if args.train_limit else train
     valid = list(iter_split(engine, sid, "full", "valid"))
     with engine.connect() as conn:
         scheme = dict(conn.execute(text("SELECT patent_id, label_scheme FROM snapshot_members "
@@ -125,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in configs:
         texts = {split: [t for _, t, _ in rows] for split, rows in (("train", train), ("valid", valid))}
         caches[name] = FixedVectors(texts["train"] + texts["valid"],
-                                    np.concatenate([vectors_for(name, split, texts[split], args.vectors)
-                                                    for split in ("train", "valid")]))
+                                    np.concatenate([vectors_for(name, "train", texts["train"], args.vectors,
+                                                                args.train_limit),
+                                                    vectors_for(name, "valid", texts["valid"], args.vectors)]))
     ref = configs[0]
     runs = [(c, c) for c in configs] + ([(ref, c) for c in configs[1:]] if args.mixed else [])
     seeds = [int(s) for s in args.seeds.split(",")]

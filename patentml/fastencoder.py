@@ -180,7 +180,7 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def export_onnx(folder: Path, dest: Path, max_length: int) -> dict[str, Any]:
+def export_onnx(folder: Path, dest: Path) -> dict[str, Any]:
     """Export the encoder's last hidden state to ``dest`` (ONNX, dynamic batch and sequence); returns meta.
 
     Eager attention and an example batch of two lengths with padding: with SDPA attention or an all-ones
@@ -212,7 +212,8 @@ def export_onnx(folder: Path, dest: Path, max_length: int) -> dict[str, Any]:
         torch.onnx.export(Hidden(model), args, str(dest), input_names=names, output_names=["last_hidden_state"],
                           dynamic_axes={n: {0: "batch", 1: "seq"} for n in [*names, "last_hidden_state"]},
                           opset_version=OPSET, dynamo=False)
-    return {"key": vector_key(model, str(folder), max_length, None, "mean"), "config": model.config.to_dict()}
+    # The loaded model's config (with its dtype), from which the vectors' key is computed as SentenceEncoder's.
+    return {"config": model.config.to_dict()}
 
 
 def quantize(src: Path, dest: Path, recipe: Int8Recipe) -> None:
@@ -243,7 +244,7 @@ def quantize(src: Path, dest: Path, recipe: Int8Recipe) -> None:
         source.unlink()
 
 
-def onnx_model(folder: Path, cache_dir: Path, precision: str, recipe: Int8Recipe, max_length: int) -> Path:
+def onnx_model(folder: Path, cache_dir: Path, precision: str, recipe: Int8Recipe) -> Path:
     """The cached ONNX folder (model.onnx + meta.json) of an encoder, exported or quantised on first use.
 
     Keyed by the hash of config.json and the weight files and the library versions; written to a temp
@@ -259,7 +260,7 @@ def onnx_model(folder: Path, cache_dir: Path, precision: str, recipe: Int8Recipe
     if not (fp32 / META_FILE).is_file():
         log.info("exporting %s to ONNX under %s", folder, fp32)
         with atomic_dir(fp32, exist_ok=True) as tmp:
-            meta = export_onnx(folder, tmp / ONNX_FILE, max_length)
+            meta = export_onnx(folder, tmp / ONNX_FILE)
             meta.update({"source": str(folder), "versions": versions, "export_version": EXPORT_VERSION})
             (tmp / META_FILE).write_text(json.dumps(meta, sort_keys=True, default=str, indent=1))
     if precision == "fp32":
@@ -347,13 +348,13 @@ class FastEncoder:
         """The cached graph and its session; a cached graph that will not load is rebuilt once."""
         import shutil
 
-        target = onnx_model(folder, cache_dir, self.precision, self.recipe, self.max_length)
+        target = onnx_model(folder, cache_dir, self.precision, self.recipe)
         try:
             return target, ort_session(target / ONNX_FILE, self.threads, spinning)
         except ModelError as exc:
             log.warning("%s: exporting %s again", exc, folder)
             shutil.rmtree(target.parent)  # every graph of these weights: the fp32 one may be the broken one
-            target = onnx_model(folder, cache_dir, self.precision, self.recipe, self.max_length)
+            target = onnx_model(folder, cache_dir, self.precision, self.recipe)
             return target, ort_session(target / ONNX_FILE, self.threads, spinning)
 
     @property
