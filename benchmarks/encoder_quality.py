@@ -19,6 +19,7 @@ example F1 with the top label kept at the best global threshold, chosen on the r
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0", help="embed-linear seeds (kNN has no randomness)")
     ap.add_argument("--backends", default="embed-knn,embed-linear")
     ap.add_argument("--train-limit", type=int, help="train on the first N train patents only (cost)")
+    ap.add_argument("--within-valid", action="store_true",
+                    help="cheapest gate: two folds of validation (odd/even rows), each the other's memory")
     args = ap.parse_args(argv)
 
     from sqlalchemy import text
@@ -125,27 +128,36 @@ def main(argv: list[str] | None = None) -> int:
                                         "WHERE snapshot_id = :s AND split = 'valid'"), {"s": sid}).all())
     cpc = np.array([scheme[pid] == "CPC" for pid, _, _ in valid])
     truth = label_matrix([ls for _, _, ls in valid], labels) > 0
+    # (train rows, validation rows) per fold: the splits, or validation's halves each trained on the other.
+    halves = [np.arange(0, len(valid), 2), np.arange(1, len(valid), 2)]
+    folds = ([(valid, halves[0], halves[1]), (valid, halves[1], halves[0])] if args.within_valid
+             else [(train, None, np.arange(len(valid)))])
     configs = args.configs.split(",")
     caches = {}
     for name in configs:
         texts = {split: [t for _, t, _ in rows] for split, rows in (("train", train), ("valid", valid))}
-        caches[name] = FixedVectors(texts["train"] + texts["valid"],
-                                    np.concatenate([vectors_for(name, "train", texts["train"], args.vectors,
-                                                                args.train_limit),
-                                                    vectors_for(name, "valid", texts["valid"], args.vectors)]))
+        parts = [vectors_for(name, "valid", texts["valid"], args.vectors)]
+        if not args.within_valid:
+            parts.insert(0, vectors_for(name, "train", texts["train"], args.vectors, args.train_limit))
+        caches[name] = FixedVectors((texts["train"] if not args.within_valid else []) + texts["valid"],
+                                    np.concatenate(parts))
     ref = configs[0]
     runs = [(c, c) for c in configs] + ([(ref, c) for c in configs[1:]] if args.mixed else [])
     seeds = [int(s) for s in args.seeds.split(",")]
     backends = {"embed-knn": EmbedKNN, "embed-linear": EmbedLinear}
-    print(f"snapshot {sid}: train {len(train):,}, validation {len(valid):,} ({cpc.sum():,} CPC-labelled)\n")
-    print("| backend | memory | queries | seeds | F1 all | P@1 all | R@5 all | F1 CPC | P@1 CPC | R@5 CPC |")
+    print(f"snapshot {sid}: train {len(train):,}, validation {len(valid):,} ({cpc.sum():,} CPC-labelled)"
+          + (", two folds of validation" if args.within_valid else "") + "\n")
+    print("| backend | memory | queries | runs | F1 all | P@1 all | R@5 all | F1 CPC | P@1 CPC | R@5 CPC |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for bname in args.backends.split(","):
         for memory, queries in runs:
             rows = []
-            for seed in (seeds if bname == "embed-linear" else [0]):
-                s = scores_of(backends[bname], labels, train, valid, caches[memory], caches[queries], seed)
-                rows.append(metrics(truth, s) + metrics(truth[cpc], s[cpc]))
+            for (fit_rows, pick, report), seed in itertools.product(folds, seeds if bname == "embed-linear" else [0]):
+                fit_on = fit_rows if pick is None else [fit_rows[i] for i in pick]
+                s = scores_of(backends[bname], labels, fit_on, [valid[i] for i in report], caches[memory],
+                              caches[queries], seed)
+                t, c = truth[report], cpc[report]
+                rows.append(metrics(t, s) + metrics(t[c], s[c]))
             mean = [statistics.mean(col) for col in zip(*rows)]
             cells = " | ".join(f"{100 * m:.2f}" for m in mean)
             print(f"| {bname} | {memory} | {queries} | {len(rows)} | {cells} |", flush=True)
