@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0", help="embed-linear seeds (kNN has no randomness)")
     ap.add_argument("--backends", default="embed-knn,embed-linear")
     ap.add_argument("--train-limit", type=int, help="train on the first N train patents only (cost)")
+    ap.add_argument("--pairs", help="memory:queries runs instead, e.g. fp32:fp32,fp32:int8pc (no int8 train pass)")
     ap.add_argument("--within-valid", action="store_true",
                     help="cheapest gate: two folds of validation (odd/even rows), each the other's memory")
     args = ap.parse_args(argv)
@@ -133,16 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     folds = ([(valid, halves[0], halves[1]), (valid, halves[1], halves[0])] if args.within_valid
              else [(train, None, np.arange(len(valid)))])
     configs = args.configs.split(",")
+    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")] if args.pairs else None
+    if pairs:
+        configs = list(dict.fromkeys(c for pair in pairs for c in pair))
     caches = {}
     for name in configs:
         texts = {split: [t for _, t, _ in rows] for split, rows in (("train", train), ("valid", valid))}
         parts = [vectors_for(name, "valid", texts["valid"], args.vectors)]
-        if not args.within_valid:
+        as_memory = not pairs or any(m == name for m, _ in pairs)
+        if not args.within_valid and as_memory:
             parts.insert(0, vectors_for(name, "train", texts["train"], args.vectors, args.train_limit))
-        caches[name] = FixedVectors((texts["train"] if not args.within_valid else []) + texts["valid"],
+        caches[name] = FixedVectors((texts["train"] if not args.within_valid and as_memory else []) + texts["valid"],
                                     np.concatenate(parts))
     ref = configs[0]
-    runs = [(c, c) for c in configs] + ([(ref, c) for c in configs[1:]] if args.mixed else [])
+    runs = pairs or [(c, c) for c in configs] + ([(ref, c) for c in configs[1:]] if args.mixed else [])
     seeds = [int(s) for s in args.seeds.split(",")]
     backends = {"embed-knn": EmbedKNN, "embed-linear": EmbedLinear}
     print(f"snapshot {sid}: train {len(train):,}, validation {len(valid):,} ({cpc.sum():,} CPC-labelled)"
