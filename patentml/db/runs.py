@@ -58,6 +58,12 @@ def get(conn: "Connection", run_id: int) -> "Row[Any] | None":
     return conn.execute(select(RUNS).where(RUNS.c.run_id == run_id)).one_or_none()
 
 
+def using_artifact(conn: "Connection", artifact_id: str) -> list[int]:
+    """Succeeded runs whose model is the candidate ``artifact_id``."""
+    return list(conn.execute(select(RUNS.c.run_id).where(RUNS.c.artifact_id == artifact_id,
+                                                         RUNS.c.status == "succeeded").order_by(RUNS.c.run_id)).scalars())
+
+
 def get_many(conn: "Connection", run_ids: Sequence[int]) -> list["Row[Any]"]:
     return list(conn.execute(select(RUNS).where(RUNS.c.run_id.in_(list(run_ids))).order_by(RUNS.c.run_id)))
 
