@@ -236,7 +236,6 @@ def test_two_hosts_train_resume_and_promote_through_the_store(
             decisions = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM promotions"))]
         assert sorted(runs) == sorted(["tfidf-full", CNN, "ensemble-full"])
         assert all(r.status == "succeeded" and r.artifact_store == f"s3://{BUCKET}/models" for r in runs.values())
-        assert {runs[v].host for v in ("tfidf-full", CNN)} == {GPU_WORKER}  # runs.host: socket name, same box here
         # The retry continued the same run from the store: one row, try 2, epochs 1-4 once each.
         cnn = runs[CNN]
         assert (cnn.try_number, cnn.epochs_done, epochs) == (2, 4, [1, 2, 3, 4]), (cnn, epochs)

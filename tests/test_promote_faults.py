@@ -262,3 +262,28 @@ def test_models_remove_takes_unpromoted_uploads_only(
     assert main([*own, "models", "remove", "--candidate", used]) == 1
     assert "use it" in capsys.readouterr().err
     assert open_store(settings).is_complete(used, CANDIDATES)
+
+
+def test_a_held_promotion_moves_nothing_until_applied_and_a_refusal_is_recorded(
+        trained: dict[str, Any], engine: Any, settings: Settings, tmp_path: Path) -> None:
+    from patentml.promote import reject
+
+    s = file_settings(settings, tmp_path)
+    store = open_store(s)
+    baseline = promote(s, [clone_run(engine, trained["tfidf"], 0.5, 0.5)], engine=engine)["champion_after"]
+    better = clone_run(engine, trained["glove"], 0.9, 0.9)
+    held = promote(s, [better], margin=0.0, engine=engine, hold=True)
+    assert held["pending"] and held["action"] == "promote" and "promotion_id" not in held
+    assert store.get_pointer() == baseline and store.is_complete(held["challenger_model_id"])  # staged, verified
+    assert len(rows(engine, store.uri)) == 1
+    refused = reject(s, held, "alice", engine=engine)
+    assert rows(engine, store.uri)[-1].reason.startswith("approval refused by alice: ")
+    assert refused["action"] == "keep" and store.get_pointer() == baseline
+    # Approved later: applied only while the same decision holds.
+    expect = {"champion_before": held["champion_before"], "challenger_model_id": held["challenger_model_id"]}
+    applied = promote(s, [better], margin=0.0, engine=engine, expect=expect)
+    assert applied["promoted"] and store.get_pointer() == held["challenger_model_id"]
+    stale = promote(s, [clone_run(engine, trained["tfidf"], 0.95, 0.95)], margin=0.0, engine=engine, expect=expect)
+    assert stale["action"] == "keep" and "no longer holds" in stale["reason"]
+    assert store.get_pointer() == held["challenger_model_id"]
+    assert_consistent(engine, s, tmp_path)

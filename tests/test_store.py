@@ -451,3 +451,14 @@ def test_arrays_and_json_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="bad.json"):
         load_json(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("folder", ["../elsewhere", "/tmp", "member_0/../../x", "a/b"])
+def test_ensemble_members_must_be_folders_inside_the_artifact(tmp_path: Path, folder: str) -> None:
+    from patentml.variants.ensemble import ENSEMBLE_FILE, Ensemble
+
+    art = tmp_path / "ens"
+    art.mkdir()
+    (art / ENSEMBLE_FILE).write_text(json.dumps({"members": [{"folder": folder, "weight": 1.0, "run_id": 1}]}))
+    with pytest.raises(ArtifactError, match="inside the artifact"):
+        Ensemble(["A01B"])._load(art)

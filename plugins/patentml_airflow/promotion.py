@@ -53,8 +53,10 @@ class PromotionApproval(ApprovalOperator):
 
             from patentml_airflow.hook import PatentMLHook
 
-            user = answer.get("responded_by_user") or {}
-            who = user.get("name") or user.get("id") or "the response timeout" if isinstance(user, dict) else str(user)
+            user = answer.get("responded_by_user")
+            if isinstance(user, dict):
+                user = user.get("name") or user.get("id")
+            who = user or "the response timeout"
             held = context["ti"].xcom_pull(task_ids=PROMOTE_TASK)
             hook = PatentMLHook()
             decision = reject(hook.get_settings(), held, str(who), hook.get_engine())
