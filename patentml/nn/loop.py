@@ -195,10 +195,12 @@ class TorchLoop:
                                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
                                     "epoch": epoch + 1, "best_score": best, "bad_epochs": bad, "improved": improved},
                                    ckpt_path)
-                # Before the epoch is recorded: a run row that says N epochs has checkpoint N stored.
-                ctx.on_checkpoint(written + [ckpt_path])
             ctx.on_epoch(EpochLog(first_epoch + epoch, total / max(seen, 1), valid_loss, f1, p1,
                                   time.perf_counter() - started, seen / max(train_seconds, 1e-9)))
+            if s.checkpoint:
+                # After the epoch's row: a stored checkpoint never runs ahead of run_epochs (a resume
+                # repeats at most the one epoch whose checkpoint did not reach the store, and upserts its row).
+                ctx.on_checkpoint(written + [ckpt_path])
             log.info("%sepoch %d: train loss %.4f, valid loss %.4f, valid F1 %.4f, P@1 %.4f (%.0f s)", s.stage,
                      epoch + 1, total / max(seen, 1), valid_loss, f1, p1, time.perf_counter() - started)
             if bad >= s.patience:

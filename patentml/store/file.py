@@ -169,27 +169,14 @@ class FileModelStore(ModelStore):
     def put_file(self, key: str, path: Path | str) -> None:
         target = self.root / self._check_writable_key(key)
         with self._errors(f"writing {key}"):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            _copy_atomic(Path(path), target)
 
     def get_file(self, key: str, dest: Path | str) -> bool:
         src = self.root / _check_key(key)
-        dest = Path(dest)
         with self._errors(f"reading {key}"):
             if not src.is_file():
                 return False
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
+            _copy_atomic(src, Path(dest))
         return True
 
     def delete_prefix(self, prefix: str) -> None:
@@ -222,3 +209,14 @@ def _read_or_none(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+def _copy_atomic(src: Path, target: Path) -> None:
+    """Copy to a temp name beside ``target``, then rename: a reader never sees half a checkpoint."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

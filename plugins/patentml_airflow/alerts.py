@@ -42,6 +42,10 @@ class PatentMLAlert(SmtpNotifier):
         kwargs.setdefault("from_email", env("ALERT_FROM", "") or None)
         super().__init__(subject=subject, html_content=html_content, **kwargs)
 
+    def get_template_env(self, dag: Any = None) -> Any:
+        # dag.test() hands DAG callbacks a serialized DAG that has no template environment (Airflow 3.3).
+        return super().get_template_env(dag=dag if hasattr(dag, "get_template_env") else None)
+
     def _ready(self) -> bool:
         """Fill recipients (and sender) from the Connection; False (logged) when there is nobody to tell."""
         from airflow.sdk import BaseHook
