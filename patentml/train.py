@@ -209,7 +209,6 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
     work_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings)
     checkpoints = StoreCheckpoints(store, run_id)
-    checkpoints.restore(work_dir)  # a retry on another host (or after the work folder was lost)
     started = time.perf_counter()
 
     def on_epoch(e: EpochLog) -> None:
@@ -221,6 +220,7 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
                      cache_key=f"snapshot{snapshot_id}-{spec.dataset}", on_epoch=on_epoch, embedding_cache=cache,
                      members=members, on_checkpoint=checkpoints.save)
     try:
+        checkpoints.restore(work_dir)  # a retry on another host (or after the work folder was lost)
         train_corpus = SplitCorpus(engine, snapshot_id, spec.dataset, "train")
         valid_corpus = SplitCorpus(engine, snapshot_id, spec.dataset, "valid")
         backend.fit(train_corpus, valid_corpus, ctx)
