@@ -67,6 +67,7 @@ def stack(pg_admin_url: str, db_url: str, s3: Any, tmp_path_factory: pytest.Temp
             "PATENTML_THREADS": "2",
             # Fail fast in tests: a retry would wait minutes in dag.test().
             "PATENTML_TASK_RETRIES": "0",
+            "PATENTML_RETRAIN_DEADLINE_HOURS": "0",  # dag.test() in Airflow 3.3.2 cannot finish a run with a deadline
             "PATENTML_TRAIN_RETRIES": "0",
         },
     )
