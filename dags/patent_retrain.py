@@ -10,41 +10,45 @@ Runs nightly and/or when `patent_ingest` updates the `patentml_patents` Asset
 3. `variant` (mapped task group, one per variant): `train` runs in the **`gpu` pool and queue**
    (`PATENTML_TRAIN_POOL` / `PATENTML_TRAIN_QUEUE`), then `evaluate` stores run, section and label
    metrics. A variant that fails does not stop the others.
-4. `blend` (default pool and queue) runs once every variant is done and at least one succeeded:
-   for each dataset with at least two evaluated variants it trains `ensemble-<dataset>`, a
-   score-level blend of exactly those runs (the ensemble chooses its members and weights on the
-   validation split), and evaluates it. A blend that fails is reported, never blocks promotion.
-   The `blend` Param (default `PATENTML_RETRAIN_BLEND`, true) turns it off.
+4. `blend` (default pool and queue, once all variants are done): for each dataset with two or more
+   evaluated variants, trains and evaluates `ensemble-<dataset>` of exactly those runs (members and
+   weights chosen on validation). A failed blend never blocks promotion; the `blend` Param turns it off.
 5. `promote` runs once the variants and the blend are done and at least one variant succeeded: it
    compares the best challenger (blends included) with the champion on the same test split and
    promotes it only when it wins by the margin; the decision and its reason land in `promotions`,
-   and failed variants and blends are named.
-6. `report`: the leaderboard in the task log; the run is marked failed when a variant or a blend
-   failed (after promotion), unless `fail_on_variant_failure` is off.
+   and failed variants and blends are named. With the `approve_promotion` Param on, a winner is
+   uploaded and verified but held: `approve_promotion` waits for a person (Required actions in
+   the UI), `apply_promotion` moves the pointer if the decision still holds.
+6. `publish_champion` updates the `patentml_champion` Asset when the pointer moved (the event's
+   extra names the model); `report`: the leaderboard in the task log; the run is marked failed when
+   a variant or a blend failed (after promotion), unless `fail_on_variant_failure` is off.
 
-Trigger it by hand from the UI for another matrix: the form validates every Param.
-"""
+Artifacts travel through the model store only: a training task uploads its run's candidate
+artifact and per-epoch checkpoints; evaluation, blend and promotion fetch by id, on any worker. A
+failed training task is retried (`PATENTML_TRAIN_RETRIES`) and resumes the same run from its last
+stored epoch; bad settings fail at once. A failed run e-mails `PATENTML_ALERT_EMAILS` (or the `to`
+of the `patentml_smtp` Connection), as does a run still going `PATENTML_RETRAIN_DEADLINE_HOURS`
+after it was queued. The nightly schedule skips training when the corpus is unchanged; a manual
+trigger trains (the `only_if_changed` Param decides when set).
+
+Trigger it by hand from the UI for another matrix: the form validates every Param."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import (
-    Asset,
-    AssetOrTimeSchedule,
-    CronTriggerTimetable,
-    TriggerRule,
-    dag,
-    get_current_context,
-    task,
-    task_group,
-)
+from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, TriggerRule, dag, get_current_context, task,
+                         task_group)
 
-from patentml_airflow.config import PATENTS_ASSET_NAME, PATENTS_ASSET_URI, DagConfig
+from patentml_airflow.alerts import PatentMLAlert, retrain_deadline
+from patentml_airflow.config import (CHAMPION_ASSET_NAME, CHAMPION_ASSET_URI, PATENTS_ASSET_NAME, PATENTS_ASSET_URI,
+                                     DagConfig)
 from patentml_airflow.params import retrain_params
+from patentml_airflow.promotion import APPROVE_TASK, PromotionApproval
 
 CONFIG = DagConfig.from_env()
 PATENTS = Asset(name=PATENTS_ASSET_NAME, uri=PATENTS_ASSET_URI)
+CHAMPION = Asset(name=CHAMPION_ASSET_NAME, uri=CHAMPION_ASSET_URI)
 NIGHTLY = CronTriggerTimetable(CONFIG.retrain_cron, timezone=CONFIG.timezone)
 SCHEDULE = {
     "nightly": NIGHTLY,
@@ -71,6 +75,8 @@ BLEND_TASK = "blend"
         "retry_delay": dt.timedelta(minutes=2),
     },
     params=retrain_params(CONFIG),
+    on_failure_callback=PatentMLAlert(),
+    deadline=retrain_deadline(CONFIG.retrain_deadline_hours),
 )
 def patent_retrain() -> None:
     @task
@@ -87,12 +93,13 @@ def patent_retrain() -> None:
         return result
 
     @task
-    def plan_variants(snapshot: dict, params: dict) -> list[dict]:
+    def plan_variants(snapshot: dict, params: dict, dag_run=None) -> list[dict]:
         """The training specs of this run, one per variant (validated again here, with clear errors)."""
-        from patentml_airflow.config import build_variants
+        from patentml_airflow.config import build_variants, skips_unchanged
 
-        if params.get("only_if_changed") and not snapshot.get("changed", True):
-            print(f"snapshot {snapshot.get('snapshot_id')} is unchanged and only_if_changed is set: nothing to train")
+        if not snapshot.get("changed", True) and skips_unchanged(params.get("only_if_changed"), dag_run.run_type):
+            print(f"snapshot {snapshot.get('snapshot_id')} is unchanged and this {dag_run.run_type} run skips an "
+                  "unchanged corpus (Param only_if_changed): nothing to train")
             return []
         specs = build_variants(params)
         for spec in specs:
@@ -104,28 +111,17 @@ def patent_retrain() -> None:
         pool=CONFIG.train_pool,
         queue=CONFIG.train_queue,
         retries=CONFIG.train_retries,
-        retry_delay=dt.timedelta(minutes=10),
+        retry_delay=dt.timedelta(seconds=CONFIG.train_retry_delay_seconds),
         execution_timeout=dt.timedelta(hours=CONFIG.train_timeout_hours),
         map_index_template="{{ variant }}",
     )
     def train(spec: dict) -> dict:
-        """Train one variant on the snapshot; the run row says how it went, also when it fails."""
-        import socket
+        """Train one variant on the snapshot; a retry resumes the same run from its last stored epoch."""
+        from patentml_airflow.training import run_training
 
-        from patentml_airflow.hook import PatentMLHook
-        from patentml_airflow.training import training_arguments
-
-        get_current_context()["variant"] = spec["variant"]  # type: ignore[index]
-        settings = PatentMLHook(device=spec.get("device")).get_settings()
-        kwargs, ignored = training_arguments(spec)
-        if ignored:
-            print(f"{spec['variant']}: not used by this model, left out: {', '.join(ignored)}")
-        from patentml.train import train as train_variant
-
-        # The snapshot this run rebuilt, not a newer one.
-        run_id = train_variant(spec["variant"], settings, snapshot_id=spec.get("snapshot_id"), **kwargs)
-        print(f"{spec['variant']}: run {run_id} trained on {socket.gethostname()}")
-        return {"variant": spec["variant"], "run_id": int(run_id), "host": socket.gethostname()}
+        context = get_current_context()
+        context["variant"] = spec["variant"]  # type: ignore[index]
+        return run_training(spec, context)
 
     @task(map_index_template="{{ variant }}")
     def evaluate(trained: dict) -> dict:
@@ -188,12 +184,29 @@ def patent_retrain() -> None:
         from patentml.promote import promote as decide
 
         run_ids = [e["run_id"] for e in evaluated] + [b["run_id"] for b in blends]
-        decision = jsonable(decide(settings, run_ids=run_ids, margin=params.get("promotion_margin")))
+        decision = jsonable(decide(settings, run_ids=run_ids, margin=params.get("promotion_margin"),
+                                   hold=bool(params.get("approve_promotion"))))
         decision["evaluated_variants"] = [e["variant"] for e in evaluated] + [b["variant"] for b in blends]
         decision["failed_variants"] = failed
         decision["failed_blends"] = [str(b.get("variant")) for b in failed_blends]
-        print(f"promotion: {'PROMOTED' if decision.get('promoted') else 'kept champion'}: {decision.get('reason')}")
+        verdict = "HELD for approval" if decision.get("pending") else (
+            "PROMOTED" if decision.get("promoted") else "kept champion")
+        print(f"promotion: {verdict}: {decision.get('reason')}")
         return decision
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def apply_promotion(params: dict, ti=None) -> dict | None:
+        """Move the pointer for an approved promotion; without one, hand on promote's decision."""
+        from patentml_airflow.promotion import apply
+
+        return apply(params, ti)
+
+    @task(outlets=[CHAMPION], trigger_rule=TriggerRule.NONE_FAILED)
+    def publish_champion(outlet_events=None, ti=None) -> dict:
+        """Update the champion Asset when the pointer moved (the event's extra names the model); else skip."""
+        from patentml_airflow.promotion import publish
+
+        return publish(outlet_events, CHAMPION, ti)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def report(params: dict, ti=None) -> str:
@@ -201,12 +214,13 @@ def patent_retrain() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from patentml_airflow.hook import PatentMLHook
+        from patentml_airflow.promotion import final_decision
         from patentml_airflow.xcom import run_outcome
 
         text, problem = run_outcome(
             ti.xcom_pull(task_ids="plan_variants"),
             ti.xcom_pull(task_ids=[EVALUATE_TASK]),
-            ti.xcom_pull(task_ids="promote"),
+            final_decision(ti),
             fail_on_variant_failure=bool(params.get("fail_on_variant_failure", True)),
             blends=ti.xcom_pull(task_ids=BLEND_TASK),
             blend=bool(params.get("blend", True)),
@@ -226,9 +240,10 @@ def patent_retrain() -> None:
     specs = plan_variants(rebuild_splits())
     variants = variant.expand(spec=specs)
     decided = promote()
-    variants >> blend() >> decided >> report()
-    # Also straight from the variants: if the blend task itself crashes, promotion still runs on them.
-    variants >> decided
+    approval = PromotionApproval(task_id=APPROVE_TASK,
+                                 response_timeout=dt.timedelta(hours=CONFIG.approval_timeout_hours))
+    variants >> blend() >> decided >> approval >> apply_promotion() >> publish_champion() >> report()
+    variants >> decided  # also straight from the variants: a crashed blend task cannot hold promotion back
 
 
 patent_retrain()

@@ -91,16 +91,37 @@ def write_manifest(directory: Path | str, meta: Mapping[str, Any]) -> dict[str, 
     return manifest
 
 
-def verify_artifact(directory: Path | str) -> dict[str, Any]:
+def artifact_member(directory: Path, relative: str, what: str = "manifest key") -> Path:
+    """``directory/relative`` for a relative POSIX path that stays inside ``directory``, else ArtifactError.
+
+    Names in a manifest or an ensemble come from a file that may have been tampered with: an
+    absolute path, ``..``, a backslash or an empty segment would reach outside the artifact.
+    """
+    from pathlib import PurePosixPath
+
+    rel = PurePosixPath(relative) if isinstance(relative, str) else None
+    if (rel is None or not relative or "\\" in relative or rel.is_absolute()
+            or any(part in ("", ".", "..") for part in relative.split("/"))):
+        raise ArtifactError(f"{what} {relative!r} in {directory} is not a plain path inside the artifact folder")
+    return directory.joinpath(*rel.parts)
+
+
+def verify_artifact(directory: Path | str, expected_sha256: str | None = None) -> dict[str, Any]:
     """Check every file the manifest lists (present, same size, same sha256) and return the manifest.
 
-    Files the manifest does not list are tolerated (e.g. a README added later); a missing or
-    changed one raises :class:`ArtifactError` naming it.
+    A file the manifest does not list is refused, as is a manifest key that leaves the folder:
+    what is loaded is exactly what was checksummed. ``expected_sha256`` (the registry's or the
+    champion pointer's) must then match the manifest file itself.
     """
     directory = Path(directory)
     if not (directory / MANIFEST).is_file():
         raise ArtifactError(
             f"{directory} has no {MANIFEST}: it is not a PatentML artifact or it was copied incompletely"
+        )
+    if expected_sha256 is not None and file_sha256(directory / MANIFEST) != expected_sha256:
+        raise ArtifactError(
+            f"{directory / MANIFEST} has sha256 {file_sha256(directory / MANIFEST)[:12]}..., expected "
+            f"{expected_sha256[:12]}...: this is not the model that was registered or pointed to"
         )
     manifest = load_json(directory / MANIFEST)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -115,7 +136,9 @@ def verify_artifact(directory: Path | str) -> dict[str, Any]:
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{directory / MANIFEST} lists no files")
     for rel, expected in sorted(files.items()):
-        path = directory / rel
+        path = artifact_member(directory, rel)
+        if not isinstance(expected, dict):
+            raise ArtifactError(f"{directory / MANIFEST}: the entry of {rel} is not an object")
         if not path.is_file():
             raise ArtifactError(f"artifact {directory} is missing {rel} (listed in {MANIFEST})")
         size = path.stat().st_size
@@ -129,6 +152,12 @@ def verify_artifact(directory: Path | str) -> dict[str, Any]:
                 f"artifact file {rel} in {directory} does not match its sha256 in {MANIFEST}: "
                 "it is corrupted or changed; download the model again"
             )
+    extra = sorted(set(_files(directory)) - set(files))
+    if extra:
+        raise ArtifactError(
+            f"artifact {directory} holds {len(extra)} file(s) its {MANIFEST} does not list, e.g. {extra[0]}: "
+            "refusing to load what was not checksummed"
+        )
     return manifest
 
 
@@ -221,23 +250,31 @@ def load_json(path: Path | str) -> Any:
 
 
 def cached_model_dir(
-    store: "ModelStore", model_id: str, cache_root: Path | str, *, verify: bool = False
+    store: "ModelStore", model_id: str, cache_root: Path | str, *, verify: bool = False,
+    area: str | None = None, expected_sha256: str | None = None,
 ) -> Path:
-    """A verified local copy of ``model_id`` at ``cache_root/<model_id>``, downloaded at most once.
+    """A verified local copy of ``area/model_id`` at ``cache_root/<model_id>``, downloaded at most once.
 
     The copy appears by atomic rename only after its manifest checks out, so a folder in the
-    cache is complete; ``verify=True`` re-checks checksums on a cache hit as well.
+    cache is complete; ``verify=True`` re-checks checksums on a cache hit as well. A candidate and
+    the model promoted from it share an id and their bytes, so they share the cache entry;
+    ``expected_sha256`` pins the manifest (a cache entry that does not match is fetched again).
     """
-    from patentml.store import check_name
+    from patentml.store import MODELS, check_name
 
     final = Path(cache_root) / check_name(model_id)
     if (final / MANIFEST).is_file():
-        if verify:
-            verify_artifact(final)
-        return final
+        if expected_sha256 is None or file_sha256(final / MANIFEST) == expected_sha256:
+            if verify:
+                verify_artifact(final, expected_sha256)
+            return final
+        # A stale entry under the same id (the store's copy was replaced): fetch it again.
+        doomed = final.with_name(f".{final.name}.stale-{os.getpid()}")
+        os.rename(final, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     with atomic_dir(final, exist_ok=True) as tmp:  # exist_ok: a concurrent download may win the rename
-        store.get_dir(model_id, tmp)
-        verify_artifact(tmp)
+        store.get_dir(model_id, tmp, area or MODELS)
+        verify_artifact(tmp, expected_sha256)
     if not (final / MANIFEST).is_file():
         raise ArtifactError(f"cache folder {final} exists but is not an artifact: remove it and retry")
     return final

@@ -41,7 +41,7 @@ def evaluate_run(engine: "Engine", run_id: int, settings: Settings | None = None
         run = runs.get(conn, run_id)
     if run is None:
         raise DataError(f"There is no run {run_id}")
-    backend = load_backend(artifact_path(engine, run_id))
+    backend = load_backend(artifact_path(engine, run_id, settings))
     # Sentence vectors of test texts are reused across runs; benchmarks/predict.py times cold prediction.
     backend.embedding_cache = PgEmbeddingCache(engine)
     on = snapshot_id or run.snapshot_id

@@ -101,18 +101,21 @@ class Predictor:
 
         store = open_store(settings)
         what = f"model {model_id}"
+        sha256 = None
         if model_id is None:
-            model_id = store.get_pointer()
-            if model_id is None:
+            pointer = store.pointer_info()
+            if pointer is None:
                 raise StoreError(
                     f"{store.uri} has no champion yet: run `patentml promote` first, or give --model ID "
                     "or --artifact DIR"
                 )
+            # The pointer names the manifest it was moved to: a model swapped under the same id is refused.
+            model_id, sha256 = pointer["model_id"], pointer.get("sha256")
             what = f"champion {model_id}"
         cache = settings.model_cache_dir
         if not (cache / model_id / "manifest.json").is_file() and not store.exists(model_id):
             raise StoreError(f"model {model_id!r} is not in {store.uri}: see `patentml models list`")
-        folder = cached_model_dir(store, model_id, cache)
+        folder = cached_model_dir(store, model_id, cache, expected_sha256=sha256)
         try:
             return cls(folder, model_id=model_id, source=f"{what} from {store.uri}", workers=workers)
         except ArtifactError as exc:

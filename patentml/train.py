@@ -1,8 +1,10 @@
 """Training runs: one process, one variant, one row in ``runs``; per-epoch rows; a resumable work folder.
 
-A run needs nothing but settings (database URL, home), so Airflow can run several side by side. The
-backend is handed its inputs (the splits, the vector cache, the member models of a blend); only this
-module talks to the database.
+A run needs nothing but settings (database URL, home, model store), so Airflow can run several side
+by side on different hosts. The backend is handed its inputs (the splits, the vector cache, the
+member models of a blend); only this module talks to the database. Every epoch's checkpoint goes to
+the store and the finished artifact is uploaded as a candidate (:mod:`patentml.runstore`), so a retry
+or a later task on any host finds them there.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from patentml.variants.base import SENTENCE_VECTORS, Backend, EpochLog, FitConte
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from patentml.db.runs import RunOrigin
     from patentml.variants import VariantSpec
 
 log = logging.getLogger(__name__)
@@ -69,8 +72,13 @@ def build_params(spec_loss: str | None, settings: Settings, backend_cls: type[Ba
 
 def train(variant: str, settings: Settings, *, epochs: int | None = None, batch_size: int | None = None,
           alpha: float | None = None, lr: float | None = None, seed: int = 0, overrides: dict[str, Any] | None = None,
-          snapshot_id: int | None = None, progress: bool = False, engine: "Engine | None" = None) -> int:
-    """Train one variant on the latest (or given) snapshot; returns the run id."""
+          snapshot_id: int | None = None, progress: bool = False, engine: "Engine | None" = None,
+          origin: "RunOrigin | None" = None) -> int:
+    """Train one variant on the latest (or given) snapshot; returns the run id.
+
+    ``origin`` names the Airflow task instance: a later try of it continues the run an earlier try
+    started (same row, from its last stored checkpoint) instead of starting another.
+    """
     from patentml.db import runs
     from patentml.db.engine import get_engine
     from patentml.db.migrate import ensure_schema
@@ -82,22 +90,35 @@ def train(variant: str, settings: Settings, *, epochs: int | None = None, batch_
                           alpha=alpha, lr=lr)
     engine = engine or get_engine(settings)
     ensure_schema(engine)
+    if origin is not None:
+        with engine.connect() as conn:
+            earlier = runs.by_origin(conn, origin, spec.name)
+        if earlier is not None and earlier.status == "succeeded":
+            log.info("Run %s: an earlier try (%s) of this task already trained it", earlier.run_id, earlier.try_number)
+            return int(earlier.run_id)
+        if earlier is not None:
+            log.info("Run %s: try %d of %s[%d] continues it (it was %s on %s after epoch %d)", earlier.run_id,
+                     origin.try_number, origin.task_id, origin.map_index, earlier.status, earlier.host,
+                     earlier.epochs_done)
+            return resume(int(earlier.run_id), settings, progress=progress, engine=engine,
+                          try_number=origin.try_number)
     snapshot_id = snapshot_id or latest_snapshot(engine, settings.label_scheme)
     labels = label_space(engine, snapshot_id, spec.dataset)
     backend = backend_cls(labels, params)  # validates the settings before a run row exists
-    members = _members(engine, backend, snapshot_id) if backend.built_from_runs else []
+    members = _members(engine, settings, backend, snapshot_id) if backend.built_from_runs else []
     device = _device(settings, backend, members)
     mark_stale_runs(engine)
     with engine.begin() as conn:
         run_id = runs.create(conn, spec, snapshot_id, backend.params, seed=seed, device=device,
-                             host=socket.gethostname(), pid=os.getpid())
+                             host=socket.gethostname(), pid=os.getpid(), origin=origin)
     log.info("Run %s: %s on snapshot %s (%d labels), device %s", run_id, spec.name, snapshot_id, len(labels), device)
     _fit_and_save(engine, settings, run_id, backend, snapshot_id, spec, device, seed, progress, members)
     return run_id
 
 
-def resume(run_id: int, settings: Settings, *, progress: bool = False, engine: "Engine | None" = None) -> int:
-    """Continue an interrupted or failed run from its last epoch checkpoint."""
+def resume(run_id: int, settings: Settings, *, progress: bool = False, engine: "Engine | None" = None,
+           try_number: int | None = None) -> int:
+    """Continue an interrupted or failed run from its last epoch checkpoint (from the store, on any host)."""
     from patentml.db import runs
     from patentml.db.engine import get_engine
     from patentml.splits import label_space
@@ -111,10 +132,10 @@ def resume(run_id: int, settings: Settings, *, progress: bool = False, engine: "
         raise DataError(f"Run {run_id} already succeeded; nothing to resume")
     spec = parse_variant(row.variant)
     backend = spec.backend_class()(label_space(engine, row.snapshot_id, spec.dataset), row.settings)
-    members = _members(engine, backend, row.snapshot_id) if backend.built_from_runs else []
+    members = _members(engine, settings, backend, row.snapshot_id) if backend.built_from_runs else []
     device = _device(settings, backend, members)
     with engine.begin() as conn:
-        runs.restart(conn, run_id, host=socket.gethostname(), pid=os.getpid())
+        runs.restart(conn, run_id, host=socket.gethostname(), pid=os.getpid(), try_number=try_number)
     _fit_and_save(engine, settings, run_id, backend, row.snapshot_id, spec, device, row.seed, progress, members)
     return run_id
 
@@ -126,7 +147,7 @@ def _device(settings: Settings, backend: Backend, members: list[tuple[int, Backe
     return "cpu"
 
 
-def _members(engine: "Engine", backend: Backend, snapshot_id: int) -> list[tuple[int, Backend]]:
+def _members(engine: "Engine", settings: Settings, backend: Backend, snapshot_id: int) -> list[tuple[int, Backend]]:
     """The candidate member models of a blend: the given runs, or the latest run of each named variant."""
     from patentml.db import runs
     from patentml.variants.base import load_backend
@@ -148,7 +169,7 @@ def _members(engine: "Engine", backend: Backend, snapshot_id: int) -> list[tuple
     if len(rows) < 2:
         raise DataError(f"an ensemble needs at least two finished member runs on snapshot {snapshot_id}; "
                         f"found {len(rows)}")
-    return [(r.run_id, load_backend(artifact_path(engine, r.run_id))) for r in rows]
+    return [(r.run_id, load_backend(artifact_path(engine, r.run_id, settings))) for r in rows]
 
 
 def mark_stale_runs(engine: "Engine") -> int:
@@ -179,11 +200,15 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
     from patentml.decision import choose_decision_rule
     from patentml.embedcache import PgEmbeddingCache
     from patentml.labels import multi_hot
+    from patentml.runstore import StoreCheckpoints, upload_candidate
     from patentml.splits import SplitCorpus
+    from patentml.store import open_store
     from patentml.variants.base import collect
 
     work_dir = settings.runs_dir / str(run_id)
     work_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings)
+    checkpoints = StoreCheckpoints(store, run_id)
     started = time.perf_counter()
 
     def on_epoch(e: EpochLog) -> None:
@@ -193,8 +218,9 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
     cache = PgEmbeddingCache(engine) if SENTENCE_VECTORS in backend.caches or members else None
     ctx = FitContext(work_dir=work_dir, device=device, seed=seed, progress=progress, cache_dir=settings.cache_dir,
                      cache_key=f"snapshot{snapshot_id}-{spec.dataset}", on_epoch=on_epoch, embedding_cache=cache,
-                     members=members)
+                     members=members, on_checkpoint=checkpoints.save)
     try:
+        checkpoints.restore(work_dir)  # a retry on another host (or after the work folder was lost)
         train_corpus = SplitCorpus(engine, snapshot_id, spec.dataset, "train")
         valid_corpus = SplitCorpus(engine, snapshot_id, spec.dataset, "valid")
         backend.fit(train_corpus, valid_corpus, ctx)
@@ -214,11 +240,14 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
             backend.save(tmp)
             write_manifest(tmp, {"run_id": run_id, "snapshot_id": snapshot_id, "variant": spec.name,
                                  "backend": backend.name})
+        candidate, sha = upload_candidate(store, artifact, spec.name, run_id)
         with engine.begin() as conn:
             runs.succeed(conn, run_id, train_seconds=train_seconds, n_params=backend.n_params(),
-                         artifact_dir=str(artifact), decision=backend.decision.to_dict(), rule=backend.decision.name,
+                         artifact_dir=str(artifact), artifact_store=store.uri, artifact_id=candidate,
+                         artifact_sha256=sha, decision=backend.decision.to_dict(), rule=backend.decision.name,
                          settings=backend.resolved_params())
-        log.info("Run %s finished in %.1f s; artifact in %s", run_id, train_seconds, artifact)
+        checkpoints.clear()
+        log.info("Run %s finished in %.1f s; artifact %s in %s", run_id, train_seconds, candidate, store.uri)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         with engine.begin() as conn:
@@ -226,16 +255,8 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
         raise
 
 
-def artifact_path(engine: "Engine", run_id: int) -> Path:
-    from patentml.db import runs
+def artifact_path(engine: "Engine", run_id: int, settings: Settings | None = None) -> Path:
+    """A verified local copy of a run's model, fetched from the store by id (see :func:`patentml.runstore.run_artifact`)."""
+    from patentml.runstore import run_artifact
 
-    with engine.connect() as conn:
-        row = runs.get(conn, run_id)
-    if row is None:
-        raise DataError(f"There is no run {run_id}")
-    if row.status != "succeeded" or not row.artifact_dir:
-        raise DataError(f"Run {run_id} has no model (status {row.status})")
-    path = Path(row.artifact_dir)
-    if not path.exists():
-        raise DataError(f"The model of run {run_id} is missing from {path} (a different machine or PATENTML_HOME?)")
-    return path
+    return run_artifact(engine, run_id, settings)

@@ -353,6 +353,7 @@ for spec in json.loads(sys.argv[1]):
             "dag_id": dag.dag_id, "run_id": run.run_id, "state": str(run.state), "seconds": seconds,
             "data_interval": [str(run.data_interval_start), str(run.data_interval_end)],
             "tasks": {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state) for ti in tis},
+            "tries": {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: ti.try_number for ti in tis},
             "rendered_map_index": {f"{ti.task_id}[{ti.map_index}]": ti.rendered_map_index for ti in tis if ti.map_index >= 0},
             "asset_events": [{"uri": e.uri if hasattr(e, "uri") else None, "extra": e.extra} for e in events],
             # What the unmapped tasks returned (e.g. promote's decision), by task id.

@@ -119,7 +119,8 @@ class SeaweedS3:
 
     @classmethod
     def _launch(
-        cls, weed: str, run_dir: Path, access_key_id: str, secret_access_key: str, timeout: float
+        cls, weed: str, run_dir: Path, access_key_id: str, secret_access_key: str, timeout: float,
+        ports: dict[str, int] | None = None,
     ) -> "SeaweedS3 | str":
         config = {
             "identities": [
@@ -134,7 +135,7 @@ class SeaweedS3:
         config_path.write_text(json.dumps(config))
         (run_dir / "logs").mkdir(exist_ok=True)
         (run_dir / "data").mkdir(exist_ok=True)
-        ports = dict(zip(PORT_NAMES, _free_port_pairs(len(PORT_NAMES))))
+        ports = ports or dict(zip(PORT_NAMES, _free_port_pairs(len(PORT_NAMES))))
         command = [
             weed,
             f"-logdir={run_dir / 'logs'}",
@@ -243,6 +244,15 @@ class SeaweedS3:
         for name, port in self.ports.items():
             with contextlib.suppress(OSError):
                 Path(f"/tmp/seaweedfs-{name}-grpc-{port + GRPC_OFFSET}.sock").unlink()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the server again on the same data, ports and credentials (after :meth:`stop`)."""
+        self.stop()
+        server = self._launch(find_weed(), self.workdir, self.access_key_id, self.secret_access_key, timeout,
+                              ports=self.ports)
+        if not isinstance(server, SeaweedS3):
+            raise SeaweedUnavailable(f"weed mini did not restart:\n{server}")
+        self.process, self.startup_seconds = server.process, server.startup_seconds
 
     def __enter__(self) -> "SeaweedS3":
         return self

@@ -70,6 +70,7 @@ def stack(pg_admin_url: str, db_url: str, s3: Any, tmp_path_factory: pytest.Temp
             "PATENTML_THREADS": "2",
             # Fail fast in tests: a retry would wait minutes in dag.test().
             "PATENTML_TASK_RETRIES": "0",
+            "PATENTML_RETRAIN_DEADLINE_HOURS": "0",  # dag.test() in Airflow 3.3.2 cannot finish a run with a deadline
             "PATENTML_TRAIN_RETRIES": "0",
         },
     )
@@ -85,7 +86,7 @@ def _rows(engine: Any, sql: str, **params: Any) -> list[dict[str, Any]]:
 
 
 def _champion_objects(s3: Any) -> list[str]:
-    listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="models/")
+    listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="models/models/")  # promoted, not candidates
     return sorted(o["Key"] for o in listing.get("Contents", []))
 
 
@@ -148,6 +149,11 @@ def test_ingest_then_retrain_promotes_a_champion_to_s3(stack: dict[str, Any], en
     assert model["store_uri"].startswith(f"s3://{BUCKET}/models")
     objects = _champion_objects(s3)
     assert any(f"/{model['model_id']}/" in key and key.endswith("manifest.json") for key in objects), objects
+    # The champion Asset names the promoted model; every run left its candidate in the store.
+    assert [e["extra"]["model_id"] for e in retrain["asset_events"]] == [decision["champion_after"]]
+    candidates = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="models/candidates/")["Contents"]
+    assert {k["Key"].split("/")[2] for k in candidates} == {
+        r["artifact_id"] for r in _rows(engine, "SELECT artifact_id FROM runs WHERE status = 'succeeded'")}
     stack["first"] = {"champion": decision["champion_after"], "objects": objects}
 
 
@@ -188,6 +194,7 @@ def test_second_round_without_new_data_changes_nothing(stack: dict[str, Any], en
     assert len(decisions) == 2
     assert decisions[-1]["promoted"] is False and decisions[-1]["champion_after"] == stack["first"]["champion"]
     assert _champion_objects(s3) == stack["first"]["objects"]
+    assert retrain["asset_events"] == []  # the pointer did not move: no champion event
     print("decisions:", [(d["action"], d["reason"]) for d in decisions])
 
     # only_if_changed on an unchanged corpus: nothing trained, no decision, and the run succeeds.

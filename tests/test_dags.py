@@ -120,12 +120,16 @@ def test_retrain_graph_pools_queues_and_trigger_rules(dagbag) -> None:
         # promote also hangs off the variants directly, so a crashed blend task cannot hold promotion back
         "variant.evaluate": {"blend", "promote"},
         "blend": {"promote"},
-        "promote": {"report"},
+        "promote": {"approve_promotion"},
+        "approve_promotion": {"apply_promotion"},
+        "apply_promotion": {"publish_champion"},
+        "publish_champion": {"report"},
         "report": set(),
     }
     train, evaluate = dag.get_task("variant.train"), dag.get_task("variant.evaluate")
     assert (train.pool, train.queue) == ("gpu", "gpu")
-    for task_id in ("rebuild_splits", "plan_variants", "variant.evaluate", "blend", "promote", "report"):
+    for task_id in ("rebuild_splits", "plan_variants", "variant.evaluate", "blend", "promote", "approve_promotion",
+                    "apply_promotion", "publish_champion", "report"):
         t = dag.get_task(task_id)
         assert t.pool != "gpu" and t.queue != "gpu", task_id
     # Mapped per variant, inside one mapped group: evaluate[i] waits for train[i] only.
@@ -137,6 +141,49 @@ def test_retrain_graph_pools_queues_and_trigger_rules(dagbag) -> None:
     assert dag.get_task("blend").trigger_rule == TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
     assert dag.get_task("report").trigger_rule == TriggerRule.ALL_DONE
     assert train.execution_timeout is not None
+    # Approval is skipped (not failed) when nothing is held; apply and publish run after a skip too.
+    assert dag.get_task("apply_promotion").trigger_rule == TriggerRule.NONE_FAILED
+    assert dag.get_task("publish_champion").trigger_rule == TriggerRule.NONE_FAILED
+
+
+def test_retrain_failures_are_heard_and_promotion_updates_the_champion_asset(dagbag) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk import AsyncCallback
+
+    from patentml_airflow.alerts import PatentMLAlert
+
+    dag = dagbag.dags["patent_retrain"]
+    assert isinstance(dag.on_failure_callback, PatentMLAlert)  # one e-mail per failed run
+    (deadline,) = dag.deadline
+    assert type(deadline.reference).__name__ == "DagRunQueuedAtDeadline"
+    assert deadline.interval.total_seconds() == 8 * 3600
+    assert isinstance(deadline.callback, AsyncCallback)
+    assert deadline.callback.path == "patentml_airflow.alerts.PatentMLAlert"
+    assert "missed its deadline" in deadline.callback.kwargs["subject"]
+    outlets = dag.get_task("publish_champion").outlets
+    assert [(o.name, o.uri) for o in outlets] == [("patentml_champion", "patentml://models/pointers/champion")]
+    assert not dag.get_task("promote").outlets and not dag.get_task("apply_promotion").outlets
+    approve = dag.get_task("approve_promotion")
+    assert isinstance(approve, ApprovalOperator) and approve.defaults == ["Reject"]
+    assert approve.response_timeout.total_seconds() == 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("only_if_changed", "run_type", "skips"),
+    [(None, "scheduled", True), (None, "asset_triggered", True), (None, "manual", False),
+     (None, "DagRunType.SCHEDULED", True), (True, "manual", True), (False, "scheduled", False)],
+)
+def test_nightly_runs_skip_an_unchanged_corpus_and_manual_runs_train(only_if_changed, run_type, skips) -> None:
+    from patentml_airflow.config import skips_unchanged
+
+    assert skips_unchanged(only_if_changed, run_type) is skips
+
+
+def test_only_if_changed_and_approval_params(dagbag) -> None:
+    dag = dagbag.dags["patent_retrain"]
+    defaults = _validated(dag, {})
+    assert defaults["only_if_changed"] is None and defaults["approve_promotion"] is False
+    assert _validated(dag, {"only_if_changed": True, "approve_promotion": True})["approve_promotion"] is True
 
 
 def test_retrain_blends_after_the_variants_and_before_promotion(dagbag) -> None:

@@ -129,9 +129,9 @@ def test_second_open_uses_the_cache(file_champion: dict[str, Any], monkeypatch: 
     calls: list[str] = []
     real = FileModelStore.get_dir
 
-    def counting(self: FileModelStore, model_id: str, dest: Path | str) -> Path:
+    def counting(self: FileModelStore, model_id: str, dest: Path | str, area: str = "models") -> Path:
         calls.append(model_id)
-        return real(self, model_id, dest)
+        return real(self, model_id, dest, area)
 
     monkeypatch.setattr(FileModelStore, "get_dir", counting)
     Predictor.open(s)

@@ -103,16 +103,28 @@ def file_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 def clone_run(engine: Any, run_id: int, f1: float, p_at_1: float, artifact: Path | None = None) -> int:
-    """A copy of a trained run (same artifact) whose recorded test scores are chosen by the test."""
+    """A copy of a trained run (same candidate artifact in the store, or ``artifact`` uploaded as its
+    candidate) whose recorded test scores are chosen by the test."""
+    candidate: dict[str, Any] = {"store": None, "id": None, "sha": None}
+    if artifact is not None:  # put as it is: the store takes any bytes, the readers must refuse them
+        from patentml.artifact import MANIFEST, file_sha256
+        from patentml.settings import get_settings
+        from patentml.store import CANDIDATES
+
+        store = open_store(get_settings())
+        candidate = {"store": store.uri, "id": "planted-" + uuid.uuid4().hex[:8],
+                     "sha": file_sha256(artifact / MANIFEST)}
+        store.put_dir(candidate["id"], artifact, CANDIDATES)
     with engine.begin() as conn:
         new = conn.execute(
             text(
                 "INSERT INTO runs (variant, encoder, loss, dataset, snapshot_id, status, settings, seed, device, "
-                "artifact_dir, decision_rule, rule, finished_at) SELECT variant, encoder, loss, dataset, snapshot_id, "
-                "status, settings, seed, device, COALESCE(:a, artifact_dir), decision_rule, rule, now() "
-                "FROM runs WHERE run_id = :r RETURNING run_id"
+                "artifact_dir, artifact_store, artifact_id, artifact_sha256, decision_rule, rule, finished_at) "
+                "SELECT variant, encoder, loss, dataset, snapshot_id, status, settings, seed, device, artifact_dir, "
+                "COALESCE(:s, artifact_store), COALESCE(:i, artifact_id), COALESCE(:h, artifact_sha256), "
+                "decision_rule, rule, now() FROM runs WHERE run_id = :r RETURNING run_id"
             ),
-            {"r": run_id, "a": None if artifact is None else str(artifact)},
+            {"r": run_id, "s": candidate["store"], "i": candidate["id"], "h": candidate["sha"]},
         ).scalar_one()
         conn.execute(
             text(

@@ -130,19 +130,59 @@ def test_pointer_set_get_previous(store: ModelStore, tmp_path: Path) -> None:
     store.put_dir("m1", make_artifact(tmp_path / "1"))
     store.put_dir("m2", make_artifact(tmp_path / "2"))
     first = store.set_pointer("champion", "m1")
+    assert first["sha256"] is None
     assert first["model_id"] == "m1" and first["previous"] is None and first["updated_at"]
     second = store.set_pointer("champion", "m2")
     assert store.get_pointer("champion") == "m2"
     info = store.pointer_info()
     assert info == second and info["previous"] == "m1"
-    assert set(info) == {"model_id", "previous", "updated_at"}
+    assert set(info) == {"model_id", "sha256", "previous", "updated_at"}
     assert store.set_pointer("champion", "m2")["previous"] == "m1"  # idempotent: history kept
     assert store.list_pointers() == {"champion": "m2"}
-    with pytest.raises(StoreError, match="not in .*put_dir"):
+    with pytest.raises(StoreError, match="no complete upload of it in .*put_dir"):
         store.set_pointer("champion", "missing")
     with pytest.raises(StoreError, match="pointer.*champion"):
         store.delete_model("m2")
     assert store.get_pointer() == "m2"
+    assert store.set_pointer("champion", "m1", sha256="ab" * 32)["sha256"] == "ab" * 32
+
+
+def test_pointer_move_is_a_compare_and_swap(store: ModelStore, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mover that read the pointer before another one moved it must not overwrite the newer pointer."""
+    for name in ("m1", "m2", "m3"):
+        store.put_dir(name, make_artifact(tmp_path / name))
+    store.set_pointer("champion", "m1")
+    key = "pointers/champion.json"
+    stale = store.read_versioned(key)
+    store.set_pointer("champion", "m2")  # the other promoter wins the race
+    monkeypatch.setattr(store, "read_versioned", lambda k: stale)  # this one still sees m1
+    with pytest.raises(StoreError, match="changed while it was being replaced"):
+        store.set_pointer("champion", "m3")
+    monkeypatch.undo()
+    assert store.get_pointer() == "m2" and store.pointer_info()["previous"] == "m1"
+    with pytest.raises(StoreError, match="changed while it was being replaced"):
+        store.replace_text(key, "{}", None)  # None: only if absent, and it exists
+    store.delete_text(key)
+    store.replace_text(key, '{"model_id": "m3"}', None)
+    assert store.get_pointer() == "m3"
+
+
+def test_interrupted_s3_upload_is_uploaded_again_not_reused(seaweed: SeaweedS3, tmp_path: Path) -> None:
+    """Objects of a model but no manifest (the upload died): put_dir replaces them with a complete upload."""
+    bucket = seaweed.create_bucket(_bucket())
+    store = open_store(f"s3://{bucket}/p", settings=_s3_settings(seaweed, tmp_path))
+    src = make_artifact(tmp_path / "src")
+    client = seaweed.client()
+    # What a dead upload leaves: the first files, one of them cut short, and no manifest.
+    client.put_object(Bucket=bucket, Key="p/models/m1/config.json", Body=b"{}")
+    client.put_object(Bucket=bucket, Key="p/models/m1/noise.bin", Body=(src / "noise.bin").read_bytes()[:100])
+    assert store.exists("m1") and not store.is_complete("m1")
+    store.put_dir("m1", src)
+    assert store.is_complete("m1")
+    assert tree_bytes(store.get_dir("m1", tmp_path / "out")) == tree_bytes(src)
+    with pytest.raises(StoreError, match="already exists"):  # a complete upload is never replaced
+        store.put_dir("m1", src)
 
 
 def test_documents(store: ModelStore) -> None:
@@ -177,9 +217,9 @@ def test_cache_downloads_once(store: ModelStore, tmp_path: Path, monkeypatch: py
     calls: list[str] = []
     real_get_dir = store.get_dir
 
-    def counting_get_dir(model_id: str, dest: Path | str) -> Path:
+    def counting_get_dir(model_id: str, dest: Path | str, area: str = "models") -> Path:
         calls.append(model_id)
-        return real_get_dir(model_id, dest)
+        return real_get_dir(model_id, dest, area)
 
     monkeypatch.setattr(store, "get_dir", counting_get_dir)
     cache = tmp_path / "cache"
@@ -323,13 +363,38 @@ def test_verify_artifact_names_corrupted_file(tmp_path: Path) -> None:
         verify_artifact(art)
 
 
-def test_verify_artifact_tolerates_extra_files_and_needs_manifest(tmp_path: Path) -> None:
+def test_verify_artifact_refuses_unlisted_files_and_needs_manifest(tmp_path: Path) -> None:
     art = make_artifact(tmp_path / "a")
-    (art / "README.txt").write_text("added later")
     assert verify_artifact(art)["model_id"] == "m1"
+    (art / "tokenizer" / "extra.py").write_text("import os  # planted beside the checksummed files")
+    with pytest.raises(ArtifactError, match=r"1 file\(s\) its manifest.json does not list, e.g. tokenizer/extra.py"):
+        verify_artifact(art)
+    (art / "tokenizer" / "extra.py").unlink()
     (art / MANIFEST).unlink()
     with pytest.raises(ArtifactError, match="no manifest.json"):
         verify_artifact(art)
+
+
+@pytest.mark.parametrize("key", ["../outside.bin", "/etc/hostname", "tokenizer/../../outside.bin", "a\\..\\b", ""])
+def test_manifest_keys_must_stay_inside_the_artifact(tmp_path: Path, key: str) -> None:
+    art = make_artifact(tmp_path / "a")
+    (tmp_path / "outside.bin").write_bytes(b"x")
+    manifest = load_json(art / MANIFEST)
+    manifest["files"][key] = {"sha256": "0" * 64, "size": 1}
+    save_json(art / MANIFEST, manifest)
+    with pytest.raises(ArtifactError, match="not a plain path inside the artifact folder"):
+        verify_artifact(art)
+
+
+def test_verify_artifact_pins_the_expected_manifest(tmp_path: Path) -> None:
+    from patentml.artifact import file_sha256
+
+    art = make_artifact(tmp_path / "a")
+    sha = file_sha256(art / MANIFEST)
+    assert verify_artifact(art, sha)["run_id"] == 7
+    other = make_artifact(tmp_path / "b", seed=1)  # a consistent artifact, but another one
+    with pytest.raises(ArtifactError, match="not the model that was registered or pointed to"):
+        verify_artifact(other, sha)
 
 
 def test_manifest_records_sizes_and_libraries(tmp_path: Path) -> None:
@@ -385,3 +450,14 @@ def test_arrays_and_json_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="bad.json"):
         load_json(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("folder", ["../elsewhere", "/tmp", "member_0/../../x", "a/b"])
+def test_ensemble_members_must_be_folders_inside_the_artifact(tmp_path: Path, folder: str) -> None:
+    from patentml.variants.ensemble import ENSEMBLE_FILE, Ensemble
+
+    art = tmp_path / "ens"
+    art.mkdir()
+    (art / ENSEMBLE_FILE).write_text(json.dumps({"members": [{"folder": folder, "weight": 1.0, "run_id": 1}]}))
+    with pytest.raises(ArtifactError, match="inside the artifact"):
+        Ensemble(["A01B"])._load(art)

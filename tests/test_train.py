@@ -190,3 +190,45 @@ def test_runs_of_killed_processes_are_marked_interrupted(engine, snapshot) -> No
     assert mark_stale_runs(engine) >= 1
     with engine.connect() as conn:
         assert conn.execute(text("SELECT status FROM runs WHERE run_id = :r"), {"r": run_id}).scalar() == "interrupted"
+
+
+def test_a_retry_on_another_host_resumes_from_the_store(engine, settings, snapshot, tmp_path, monkeypatch,
+                                                         caplog) -> None:
+    """Try 1 dies after epoch 2 on host A and its disk is lost; try 2 on host B continues the same run at epoch 3."""
+    import dataclasses
+    import logging
+    import shutil
+
+    import patentml.runstore as runstore
+    from patentml.db.runs import RunOrigin
+    from patentml.store import open_store
+
+    origin = RunOrigin("patent_retrain", "manual__resume", "variant.train", 3, 1)
+    real_save, saved = runstore.StoreCheckpoints.save, []
+
+    def lost_after_two_epochs(self, files):  # type: ignore[no-untyped-def]
+        real_save(self, files)
+        saved.append(files)
+        if len(saved) == 2:
+            raise KeyboardInterrupt("host A is gone")
+
+    monkeypatch.setattr(runstore.StoreCheckpoints, "save", lost_after_two_epochs)
+    host_a, host_b = settings.replace(home=tmp_path / "a"), settings.replace(home=tmp_path / "b")
+    kwargs = {"epochs": 4, "batch_size": 16, "overrides": TINY | {"patience": 10}, "engine": engine}
+    with pytest.raises(KeyboardInterrupt):
+        train("glove-bce-full", host_a, origin=origin, **kwargs)
+    shutil.rmtree(host_a.home / "runs")
+    monkeypatch.setattr(runstore.StoreCheckpoints, "save", real_save)
+    with caplog.at_level(logging.INFO):
+        run_id = train("glove-bce-full", host_b, origin=dataclasses.replace(origin, try_number=2), **kwargs)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM runs WHERE dag_run_id = 'manual__resume'")).mappings().all()
+        epochs = conn.execute(text("SELECT epoch FROM run_epochs WHERE run_id = :r ORDER BY epoch"),
+                              {"r": run_id}).scalars().all()
+    assert [(r["run_id"], r["status"], r["try_number"], r["epochs_done"], r["map_index"]) for r in row] == [
+        (run_id, "succeeded", 2, 4, 3)]
+    assert epochs == [1, 2, 3, 4]
+    assert "at epoch 3 (epochs 1-2 done)" in caplog.text and f"Run {run_id}: restored" in caplog.text
+    assert open_store(settings).list_keys(f"checkpoints/{run_id}") == []  # cleared once the run succeeded
+    # A third try after success trains nothing: it returns the same run.
+    assert train("glove-bce-full", host_b, origin=dataclasses.replace(origin, try_number=3), **kwargs) == run_id

@@ -118,11 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar on stderr (auto: on for --file)")
 
-    mo = sub.add_parser("models", help="the model store: list", description="Model store commands")
+    mo = sub.add_parser("models", help="the model store: list, remove", description="Model store commands")
     mosub = mo.add_subparsers(dest="models_command", metavar="ACTION")
     p = _add(mosub, "list", models.cmd_models_list, "list the models in the store with their scores; * marks the champion")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-db", action="store_true", help="do not read the registry: model ids and the champion only")
+    p = _add(mosub, "remove", models.cmd_models_remove,
+             "remove an upload that was never promoted (an orphan of a failed promotion, an interrupted upload)")
+    p.add_argument("model_id", metavar="ID")
+    p.add_argument("--candidate", action="store_true",
+                   help="remove a run's candidate upload (candidates/ID) that no succeeded run uses")
 
     _add(sub, "variants", models.cmd_variants, "list the variants the registry can train, with what each backend can do")
     return parser

@@ -184,9 +184,18 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     for m in models:
         note = "champion" if m["champion"] else ("" if m["registered"] or engine is None else
                                                  "not registered (no models row)")
+        if not m["complete"]:
+            note = "interrupted upload (no manifest): `patentml models remove ID`"
         print(f"  {'*' if m['champion'] else ' ':1} {m['model_id']:<40} {str(m.get('variant') or '-'):<18} "
               f"{str(m.get('run_id') or '-'):>5} {str(m.get('snapshot_id') or '-'):>5} "
               f"{num(m.get('f1')):>7} {num(m.get('p_at_1')):>7}  {note}".rstrip())
+    return 0
+
+
+def cmd_models_remove(args: argparse.Namespace) -> int:
+    from patentml.promote.listing import remove_model
+
+    print(remove_model(_settings(args), args.model_id, _engine(args), candidate=args.candidate))
     return 0
 
 

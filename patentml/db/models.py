@@ -241,7 +241,19 @@ class Run(Base):
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     train_seconds: Mapped[float | None] = mapped_column(Float)
+    #: Where training wrote the artifact on its own host (informational: other hosts fetch it from the store).
     artifact_dir: Mapped[str | None] = mapped_column(Text)
+    #: The artifact in the model store: ``candidates/<artifact_id>/`` of ``artifact_store`` (a store URI),
+    #: whose manifest has ``artifact_sha256``. Evaluation, blends and promotion fetch it by this id.
+    artifact_store: Mapped[str | None] = mapped_column(Text)
+    artifact_id: Mapped[str | None] = mapped_column(Text)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The Airflow task instance that made the run (empty for CLI runs); a retry continues the same row.
+    dag_id: Mapped[str | None] = mapped_column(Text)
+    dag_run_id: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(Text)
+    map_index: Mapped[int | None] = mapped_column(Integer)
+    try_number: Mapped[int | None] = mapped_column(Integer)
     decision_rule: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     #: The name of ``decision_rule`` (``t0.5``, ``tuned``, ``per_label``): the run's score is its
     #: ``run_metrics`` rows under this rule, on every screen (patentml.db.results.run_scores).
@@ -251,6 +263,7 @@ class Run(Base):
     __table_args__ = (
         CheckConstraint("status IN ('running', 'succeeded', 'failed', 'interrupted')", name="status"),
         Index("ix_runs_variant", "variant", "started_at"),
+        Index("ix_runs_origin", "dag_id", "dag_run_id", "task_id", "map_index"),
     )
 
 

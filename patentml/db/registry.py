@@ -60,6 +60,13 @@ def record_scores(conn: "Connection", model_id: str, snapshot_id: int, scores: d
         metrics=MODELS.c.metrics.op("||")(func.jsonb_build_object("scores", merged))))
 
 
+def recorded_champion(conn: "Connection", store_uri: str) -> str | None:
+    """The champion the registry last recorded for a store (the latest decision's ``champion_after``)."""
+    p = PROMOTIONS
+    return conn.execute(select(p.c.champion_after).where(p.c.store_uri == store_uri, p.c.champion_after.is_not(None))
+                        .order_by(p.c.promotion_id.desc()).limit(1)).scalar()
+
+
 def run_of_model(conn: "Connection", model_id: str) -> int | None:
     return conn.execute(select(MODELS.c.run_id).where(MODELS.c.model_id == model_id)).scalar()
 

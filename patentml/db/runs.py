@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from sqlalchemy import and_, func, insert, select, update
@@ -22,25 +23,56 @@ EPOCHS = RunEpoch.__table__
 ERROR_CHARS = 4000
 
 
+@dataclass(frozen=True)
+class RunOrigin:
+    """The Airflow task instance that trains a run: every try of one task instance shares one ``runs`` row."""
+
+    dag_id: str
+    dag_run_id: str
+    task_id: str
+    map_index: int = -1
+    try_number: int = 1
+
+    def key(self) -> dict[str, Any]:
+        """The columns that name the task instance (not the try)."""
+        return {k: v for k, v in asdict(self).items() if k != "try_number"}
+
+
 def create(conn: "Connection", spec: "VariantSpec", snapshot_id: int, settings: dict[str, Any], *, seed: int,
-           device: str, host: str, pid: int) -> int:
+           device: str, host: str, pid: int, origin: RunOrigin | None = None) -> int:
     """A new ``running`` row; returns its run id."""
     return int(conn.execute(insert(RUNS).values(
         variant=spec.name, encoder=spec.encoder, loss=spec.loss, dataset=spec.dataset, snapshot_id=snapshot_id,
         status="running", settings=_json(settings), seed=seed, device=device, host=host, pid=pid,
+        **(asdict(origin) if origin is not None else {}),
     ).returning(RUNS.c.run_id)).scalar_one())
+
+
+def by_origin(conn: "Connection", origin: RunOrigin, variant: str) -> "Row[Any] | None":
+    """The run an earlier try of the same task instance made for ``variant`` (None: this is the first)."""
+    where = [RUNS.c[k] == v for k, v in origin.key().items()] + [RUNS.c.variant == variant]
+    return conn.execute(select(RUNS).where(*where).order_by(RUNS.c.run_id.desc()).limit(1)).one_or_none()
 
 
 def get(conn: "Connection", run_id: int) -> "Row[Any] | None":
     return conn.execute(select(RUNS).where(RUNS.c.run_id == run_id)).one_or_none()
 
 
+def using_artifact(conn: "Connection", artifact_id: str) -> list[int]:
+    """Succeeded runs whose model is the candidate ``artifact_id``."""
+    return list(conn.execute(select(RUNS.c.run_id).where(RUNS.c.artifact_id == artifact_id,
+                                                         RUNS.c.status == "succeeded").order_by(RUNS.c.run_id)).scalars())
+
+
 def get_many(conn: "Connection", run_ids: Sequence[int]) -> list["Row[Any]"]:
     return list(conn.execute(select(RUNS).where(RUNS.c.run_id.in_(list(run_ids))).order_by(RUNS.c.run_id)))
 
 
-def restart(conn: "Connection", run_id: int, *, host: str, pid: int) -> None:
-    conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(status="running", error=None, host=host, pid=pid))
+def restart(conn: "Connection", run_id: int, *, host: str, pid: int, try_number: int | None = None) -> None:
+    values: dict[str, Any] = {"status": "running", "error": None, "host": host, "pid": pid, "finished_at": None}
+    if try_number is not None:
+        values["try_number"] = try_number
+    conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(**values))
 
 
 def record_epoch(conn: "Connection", run_id: int, e: "EpochLog") -> None:
@@ -60,11 +92,14 @@ def best_epoch(conn: "Connection", run_id: int) -> int | None:
 
 
 def succeed(conn: "Connection", run_id: int, *, train_seconds: float, n_params: int, artifact_dir: str,
-            decision: dict[str, Any], rule: str, settings: dict[str, Any]) -> None:
-    """Mark a run succeeded with its model, its decision rule (and that rule's name) and its resolved settings."""
+            artifact_store: str, artifact_id: str, artifact_sha256: str, decision: dict[str, Any], rule: str,
+            settings: dict[str, Any]) -> None:
+    """Mark a run succeeded with its model (local folder and store reference), its decision rule (and
+    that rule's name) and its resolved settings."""
     conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(
         status="succeeded", finished_at=func.now(), train_seconds=train_seconds, n_params=n_params,
-        artifact_dir=artifact_dir, decision_rule=_json(decision), rule=rule, settings=_json(settings),
+        artifact_dir=artifact_dir, artifact_store=artifact_store, artifact_id=artifact_id,
+        artifact_sha256=artifact_sha256, decision_rule=_json(decision), rule=rule, settings=_json(settings),
         best_epoch=best_epoch(conn, run_id)))
 
 

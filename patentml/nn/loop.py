@@ -142,7 +142,7 @@ class TorchLoop:
                 scheduler.load_state_dict(state["scheduler"])
             start, best, bad = int(state["epoch"]), float(state["best_score"]), int(state["bad_epochs"])
             improved = bool(state.get("improved", best > initial_best))
-            log.info("Resuming %sfrom %s at epoch %d", s.stage, ckpt_path, start + 1)
+            log.info("Resuming %sfrom %s at epoch %d (epochs 1-%d done)", s.stage, ckpt_path, start + 1, start)
         y_float = torch.from_numpy(y_valid.astype(np.float32))
         kept: dict[str, torch.Tensor] | None = None
         # A model that comes with a score to beat keeps its own weights unless an epoch beats it.
@@ -179,6 +179,7 @@ class TorchLoop:
             f1 = choose_threshold(y_valid, scores, keep_top=True)[1] if len(y_valid) else 0.0
             p1 = at_k(y_valid, scores, ks=(1,))["p@1"] if len(y_valid) else 0.0
             score = {"f1": f1, "p_at_1": p1, "loss": -valid_loss}[s.early_stop_metric]
+            written: list[Path] = []
             if score > best + MIN_IMPROVEMENT or s.select == "last":
                 best, bad, improved = score, 0, True
                 kept = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -186,6 +187,7 @@ class TorchLoop:
                     from patentml.artifact import save_arrays
 
                     save_arrays(best_path, {k: v.numpy() for k, v in kept.items()})
+                    written.append(best_path)
             else:
                 bad += 1
             if s.checkpoint:
@@ -195,6 +197,10 @@ class TorchLoop:
                                    ckpt_path)
             ctx.on_epoch(EpochLog(first_epoch + epoch, total / max(seen, 1), valid_loss, f1, p1,
                                   time.perf_counter() - started, seen / max(train_seconds, 1e-9)))
+            if s.checkpoint:
+                # After the epoch's row: a stored checkpoint never runs ahead of run_epochs (a resume
+                # repeats at most the one epoch whose checkpoint did not reach the store, and upserts its row).
+                ctx.on_checkpoint(written + [ckpt_path])
             log.info("%sepoch %d: train loss %.4f, valid loss %.4f, valid F1 %.4f, P@1 %.4f (%.0f s)", s.stage,
                      epoch + 1, total / max(seen, 1), valid_loss, f1, p1, time.perf_counter() - started)
             if bad >= s.patience:

@@ -5,34 +5,37 @@ Order of a promotion (DESIGN.md "Promotion"):
 
 1. candidates: the given runs, or the latest evaluated run of each variant on the latest snapshot's
    ``full`` dataset, each with its score (its own rule) on the ``full`` test split, re-scored from
-   the artifact when it was evaluated elsewhere;
-2. under a Postgres advisory lock (one per store), so racing promoters serialise: read the champion
-   pointer, score the champion on the same test split (re-scored from its artifact when its recorded
-   score is for another snapshot), decide (:mod:`patentml.promote.decide`, a pure function);
-3. if the challenger wins: upload its artifact under a new id (``put_dir`` never overwrites), read it
-   back and verify every checksum, then write the ``models`` and ``promotions`` rows in the open
-   transaction, move the pointer, and commit;
+   its artifact (fetched from the store by id) when it was evaluated elsewhere;
+2. under the store's promotion lock (:func:`patentml.promote.state.store_lock`, no transaction
+   open while it is held): make the pointer agree with the registry, load the champion (one that
+   cannot be loaded for any reason is replaced, the reason recorded) and score it on the same test
+   split, decide (:mod:`patentml.promote.decide`, a pure function);
+3. if the challenger wins: fetch its candidate artifact, upload it under ``models/<id>`` (write-once;
+   an interrupted earlier upload is replaced, a complete one reused), read it back and verify every
+   checksum, then in one short transaction write the ``models`` and ``promotions`` rows, move the
+   pointer (a compare-and-swap carrying the manifest's sha256) and commit;
 4. every decision, promoted or not, is a ``promotions`` row with both scores and the reason.
 
-A failure between upload and pointer move (see ``_before_pointer_move``) rolls the transaction back
-and leaves the pointer on the old champion. The uploaded model is left in the store, write-once and
-verified; retrying reuses it, because the model id is derived from the run and its manifest checksum.
+``hold=True`` stops after step 3's upload (nothing recorded, the pointer unmoved) so that a person
+can approve; :func:`promote` with ``expect`` then applies it only if the same decision still holds,
+and :func:`reject` records a refusal.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from patentml.exceptions import ArtifactError, DataError, PromotionError
-from patentml.promote.decide import (DATASET, HEADLINES, METRICS, SPLIT, Candidate, ChampionState, Decision,
+from patentml.exceptions import DataError, PromotionError
+from patentml.promote.decide import (DATASET, HEADLINES, METRICS, Candidate, ChampionState, Decision,
                                      best_candidate, decide, metric_label, metric_value)
+from patentml.promote.state import champion_state, reconcile_pointer, score_backend, store_lock
 from patentml.promote.upload import model_id_for, move_pointer, restore_pointer, upload_verified
 from patentml.settings import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy.engine import Connection, Engine
 
     from patentml.store import ModelStore
@@ -41,22 +44,17 @@ log = logging.getLogger(__name__)
 
 
 def lock_key(store_uri: str) -> int:
-    """The ``pg_advisory_xact_lock`` key that serialises promotions into one store."""
+    """The advisory-lock key that serialises promotions into one store."""
     from patentml.db import locks
 
     return locks.promotion(store_uri)
 
 
-def score_artifact(engine: "Engine", folder: Path, snapshot_id: int, dataset: str = DATASET,
-                   split: str = SPLIT) -> dict[str, Any]:
-    """Score a model folder on a split under its own decision rule (across label spaces: unseen labels count)."""
-    from patentml.scoring import score_model
-    from patentml.splits import SplitCorpus
+def score_artifact(engine: "Engine", folder: "Path", snapshot_id: int) -> dict[str, Any]:
+    """Score a model folder on a snapshot's full test split under its own decision rule."""
     from patentml.variants.base import load_backend
 
-    scores = score_model(load_backend(folder), SplitCorpus(engine, snapshot_id, dataset, split),
-                         f"{split} split of snapshot {snapshot_id} ({dataset})")
-    return {**scores, "snapshot_id": snapshot_id, "dataset": dataset}
+    return score_backend(engine, load_backend(folder), snapshot_id)
 
 
 def find_candidates(engine: "Engine", settings: Settings, run_ids: Sequence[int] | None = None
@@ -68,6 +66,7 @@ def find_candidates(engine: "Engine", settings: Settings, run_ids: Sequence[int]
     run evaluated elsewhere (a ``subset`` run, an older snapshot, not yet evaluated) is re-scored.
     """
     from patentml.db import results, runs
+    from patentml.runstore import run_artifact
     from patentml.splits import latest_snapshot
 
     with engine.connect() as conn:
@@ -77,15 +76,17 @@ def find_candidates(engine: "Engine", settings: Settings, run_ids: Sequence[int]
             except DataError:
                 return None, []
             rows = results.run_scores(conn, snapshot_id=snapshot_id, dataset=DATASET, latest_per_variant=True)
+            found = {r.run_id: r for r in runs.get_many(conn, [r["run_id"] for r in rows])}
             return snapshot_id, [Candidate(r["run_id"], r["variant"], r["snapshot_id"], r["dataset"], results.score_of(r),
-                                           "run_metrics", _artifact(r["run_id"], r["artifact_dir"])) for r in rows]
+                                           "run_metrics", manifest_sha256=found[r["run_id"]].artifact_sha256)
+                                 for r in rows if _has_model(found[r["run_id"]])]
         if not run_ids:
             raise PromotionError("give at least one run id, or none to consider the latest runs")
         found = {r.run_id: r for r in runs.get_many(conn, run_ids)}
         missing = [r for r in run_ids if r not in found]
         if missing:
             raise PromotionError(f"there is no run {', '.join(map(str, missing))}: see `patentml report` for runs")
-        bad = [f"{r.run_id} ({r.status})" for r in found.values() if r.status != "succeeded" or not r.artifact_dir]
+        bad = [f"{r.run_id} ({r.status})" for r in found.values() if not _has_model(r)]
         if bad:
             raise PromotionError(f"run(s) {', '.join(bad)} did not succeed: only a trained model can be promoted")
         snapshot_id = max(r.snapshot_id for r in found.values())
@@ -93,104 +94,72 @@ def find_candidates(engine: "Engine", settings: Settings, run_ids: Sequence[int]
                     for r in results.run_scores(conn, list(found), snapshot_id=snapshot_id, dataset=DATASET)}
     out = []
     for r in sorted(found.values(), key=lambda r: r.run_id):
-        folder = _artifact(r.run_id, r.artifact_dir)
         if r.run_id in recorded:
-            out.append(Candidate(r.run_id, r.variant, r.snapshot_id, r.dataset, recorded[r.run_id], "run_metrics", folder))
+            out.append(Candidate(r.run_id, r.variant, r.snapshot_id, r.dataset, recorded[r.run_id], "run_metrics",
+                                 manifest_sha256=r.artifact_sha256))
         else:
             log.info("Scoring run %s on the %s test split of snapshot %s", r.run_id, DATASET, snapshot_id)
+            folder = run_artifact(engine, r.run_id, settings)
             out.append(Candidate(r.run_id, r.variant, r.snapshot_id, r.dataset,
-                                 score_artifact(engine, folder, snapshot_id), "rescored", folder))
+                                 score_artifact(engine, folder, snapshot_id), "rescored", folder, r.artifact_sha256))
     return snapshot_id, out
 
 
-def _artifact(run_id: int, artifact_dir: str | None) -> Path:
-    folder = Path(artifact_dir or "")
-    if not artifact_dir or not folder.is_dir():
-        raise PromotionError(f"the model of run {run_id} is missing from {folder} (another machine or PATENTML_HOME?)")
-    return folder
+def _has_model(row: Any) -> bool:
+    return row.status == "succeeded" and bool(row.artifact_id or row.artifact_dir)
 
 
-def champion_state(engine: "Engine", conn: "Connection", settings: Settings, store: "ModelStore", model_id: str,
-                   snapshot_id: int) -> ChampionState:
-    """The champion with its scores on ``snapshot_id``'s full test split (recorded, or re-scored now)."""
-    from patentml.artifact import MANIFEST, cached_model_dir, load_json
-    from patentml.db import registry, results
+def _model_id(engine: "Engine", settings: Settings, best: Candidate) -> str:
+    """The id the challenger gets in ``models/``: from the run row's manifest checksum, else its artifact."""
+    from patentml.artifact import MANIFEST, file_sha256
+    from patentml.runstore import run_artifact
 
-    champ = ChampionState(model_id)
-    row = registry.model(conn, model_id)
-    if row is not None:
-        champ.run_id, champ.variant = row.run_id, row.variant
-        recorded = ((row.metrics or {}).get("scores") or {}).get(str(snapshot_id))
-        if recorded:
-            champ.scores, champ.source = recorded, f"recorded for snapshot {snapshot_id}"
-            return champ
-        if row.run_id is not None and row.run_snapshot == snapshot_id and row.dataset == DATASET:
-            scored = results.run_scores(conn, [row.run_id])
-            if scored:
-                champ.scores, champ.source = results.score_of(scored[0]), "run_metrics"
-                return champ
-    try:
-        folder = cached_model_dir(store, model_id, settings.model_cache_dir, verify=True)
-        manifest = load_json(folder / MANIFEST)
-        champ.run_id = champ.run_id if champ.run_id is not None else manifest.get("run_id")
-        champ.variant = champ.variant or manifest.get("variant")
-        log.info("Re-scoring champion %s on the %s test split of snapshot %s", model_id, DATASET, snapshot_id)
-        champ.scores = score_artifact(engine, folder, snapshot_id)
-        champ.source = f"re-scored on snapshot {snapshot_id}"
-    except ArtifactError as exc:
-        champ.broken = str(exc)
-        return champ
-    if row is not None:
-        registry.record_scores(conn, model_id, snapshot_id, champ.scores)
-    return champ
+    if best.manifest_sha256 is None:  # a run trained before runs recorded it
+        best.artifact = best.artifact or run_artifact(engine, best.run_id, settings)
+        best.manifest_sha256 = file_sha256(best.artifact / MANIFEST)
+    return model_id_for(best.variant, best.run_id, best.manifest_sha256)
 
 
-@contextlib.contextmanager
-def _locked(engine: "Engine", store_uri: str) -> Iterator["Connection"]:
-    """A transaction holding the store's promotion lock (``pg_advisory_xact_lock``) until it ends.
-
-    The block may commit itself (the promote path does, to restore the pointer if the commit
-    fails); otherwise a normal exit commits and an exception rolls back. Either way the lock goes.
-    """
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(store_uri)})
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        if conn.in_transaction():
-            conn.commit()
-
-
-def _commit_with_pointer(conn: "Connection", store: "ModelStore", model_id: str) -> None:
+def _commit_with_pointer(conn: "Connection", store: "ModelStore", model_id: str, sha256: str) -> None:
     """Move the pointer, then commit the rows written in ``conn``; a failed commit puts the old pointer back."""
-    before = move_pointer(store, model_id)
+    before = move_pointer(store, model_id, sha256)
     try:
         conn.commit()
     except BaseException:
-        restore_pointer(store, before)
+        restore_pointer(store, before, model_id)
         raise
 
 
+def _result(decision: Decision, metric: str, margin: float, snapshot_id: int | None, store: "ModelStore",
+            current: str | None, candidates: list[Candidate], champion: ChampionState | None) -> dict[str, Any]:
+    return {"action": decision.action, "reason": decision.reason, "promoted": False, "pending": False, "metric": metric,
+            "margin": margin, "snapshot_id": snapshot_id, "store_uri": store.uri, "champion_before": current,
+            "champion_after": current, "challenger_model_id": None, "challenger_run_id": None,
+            "challenger_score": None, "champion_score": decision.champion_score,
+            "candidates": [c.summary(metric) for c in candidates], "challenger": None,
+            "champion": None if champion is None else champion.as_dict()}
+
+
 def promote(settings: Settings, run_ids: Sequence[int] | None = None, margin: float | None = None,
-            metric: str | None = None, engine: "Engine | None" = None, *,
+            metric: str | None = None, engine: "Engine | None" = None, *, hold: bool = False,
+            expect: dict[str, Any] | None = None,
             _before_pointer_move: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Decide whether the best challenger replaces the champion, act on it, and record the decision.
 
-    Returns ``{"promotion_id", "action" (first/promote/keep/none), "promoted", "reason", "metric",
-    "margin", "snapshot_id", "store_uri", "champion_before", "champion_after", "challenger": {...},
-    "champion": {...} | None, "candidates": [...]}``.
+    Returns ``{"promotion_id", "action" (first/promote/keep/none), "promoted", "pending", "reason",
+    "metric", "margin", "snapshot_id", "store_uri", "champion_before", "champion_after", "challenger":
+    {...}, "champion": {...} | None, "candidates": [...], "repaired"}``.
 
+    ``hold``: a winner is uploaded and verified but not applied or recorded (``pending``, no
+    ``promotion_id``). ``expect`` (a held result's ``champion_before`` and ``challenger_model_id``):
+    apply only that promotion; if the decision changed meanwhile it is recorded as a ``keep``.
     ``_before_pointer_move(model_id)`` is a test hook called after the upload is verified and
     before the pointer moves; if it raises, nothing is recorded and the old champion stays.
     """
-    from patentml.artifact import MANIFEST, file_sha256
     from patentml.db import registry
     from patentml.db.engine import get_engine
     from patentml.db.migrate import ensure_schema
+    from patentml.runstore import run_artifact
     from patentml.store import open_store
 
     metric = metric or settings.selection_metric
@@ -205,89 +174,118 @@ def promote(settings: Settings, run_ids: Sequence[int] | None = None, margin: fl
     store.check()  # wrong credentials, missing bucket: fail before anything is decided
     snapshot_id, candidates = find_candidates(engine, settings, None if run_ids is None else list(run_ids))
 
-    with _locked(engine, store.uri) as conn:
-        current = store.get_pointer()
-        champion = None if current is None or not candidates else champion_state(
-            engine, conn, settings, store, current, snapshot_id)  # type: ignore[arg-type]
+    with store_lock(engine, store.uri):
+        repaired = reconcile_pointer(engine, store)
+        pointer = store.pointer_info()
+        current = None if pointer is None else pointer["model_id"]
+        champion = None if pointer is None or not candidates else champion_state(
+            engine, settings, store, pointer, snapshot_id)  # type: ignore[arg-type]
         decision = decide(candidates, champion or (ChampionState(current) if current else None), margin, metric,
                           snapshot_id)
-        result: dict[str, Any] = {
-            "action": decision.action, "reason": decision.reason, "promoted": False, "metric": metric,
-            "margin": margin, "snapshot_id": snapshot_id, "store_uri": store.uri, "champion_before": current,
-            "champion_after": current, "challenger_model_id": None, "challenger_run_id": None,
-            "challenger_score": None, "champion_score": decision.champion_score,
-            "candidates": [c.summary(metric) for c in candidates], "challenger": None,
-            "champion": None if champion is None else champion.as_dict()}
+        result = _result(decision, metric, margin, snapshot_id, store, current, candidates, champion)
+        result["repaired"] = repaired
         best = decision.best
+        model_id = None
         if best is not None:
-            assert best.artifact is not None
-            manifest_sha = file_sha256(best.artifact / MANIFEST)
-            model_id = model_id_for(best.variant, best.run_id, manifest_sha)
+            model_id = _model_id(engine, settings, best)
             result.update(challenger_model_id=model_id, challenger_run_id=best.run_id,
                           challenger_score=metric_value(best.scores, metric),
                           challenger={"model_id": model_id, **best.summary(metric)})
+        if expect is not None and decision.promotes and (current, model_id) != (
+                expect.get("champion_before"), expect.get("challenger_model_id")):
+            decision = Decision("keep", f"the approved promotion of {expect.get('challenger_model_id')} over "
+                                        f"{expect.get('champion_before') or '(none)'} no longer holds: now {decision.reason}",
+                                best, decision.champion_score)
+            result.update(action="keep", reason=decision.reason)
         if not decision.promotes:
-            result["promotion_id"] = registry.record_decision(conn, result)
+            with engine.begin() as conn:
+                result["promotion_id"] = registry.record_decision(conn, result)
             log.info("Promotion: keep %s. %s", current or "(none)", decision.reason)
             return result
-        assert best is not None and best.artifact is not None
-        upload_verified(store, model_id, best.artifact, settings)
+        assert best is not None and model_id is not None
+        local = best.artifact or run_artifact(engine, best.run_id, settings)
+        manifest_sha = best.manifest_sha256
+        upload_verified(store, model_id, local, settings)
+        if hold:
+            result.update(pending=True)
+            log.info("Promotion held for approval: %s -> %s. %s", current or "(none)", model_id, decision.reason)
+            return result
         scores = {str(snapshot_id): {**best.scores, "snapshot_id": snapshot_id, "dataset": DATASET}}
-        registry.upsert_model(conn, model_id=model_id, run_id=best.run_id, variant=best.variant,
-                              snapshot_id=best.snapshot_id, store_uri=store.uri, manifest_sha256=manifest_sha,
-                              scores=scores)
         result.update(promoted=True, champion_after=model_id)
-        result["promotion_id"] = registry.record_decision(conn, result)
-        if _before_pointer_move is not None:
-            _before_pointer_move(model_id)
-        _commit_with_pointer(conn, store, model_id)
+        with engine.connect() as conn:
+            registry.upsert_model(conn, model_id=model_id, run_id=best.run_id, variant=best.variant,
+                                  snapshot_id=best.snapshot_id, store_uri=store.uri, manifest_sha256=manifest_sha,
+                                  scores=scores)
+            result["promotion_id"] = registry.record_decision(conn, result)
+            if _before_pointer_move is not None:
+                _before_pointer_move(model_id)
+            _commit_with_pointer(conn, store, model_id, manifest_sha)
     log.info("Promotion: %s -> %s. %s", current or "(none)", model_id, decision.reason)
     return result
 
 
+def reject(settings: Settings, held: dict[str, Any], by: str, engine: "Engine | None" = None) -> dict[str, Any]:
+    """Record that a person refused a held promotion: a ``keep`` row naming who, the pointer unmoved."""
+    from patentml.db import registry
+    from patentml.db.engine import get_engine
+
+    engine = engine or get_engine(settings)
+    record = {**held, "action": "keep", "promoted": False, "pending": False,
+              "champion_after": held.get("champion_before"),
+              "reason": f"approval refused by {by}: {held.get('reason')}"}
+    with engine.begin() as conn:
+        record["promotion_id"] = registry.record_decision(conn, record)
+    log.info("Promotion of %s refused by %s", held.get("challenger_model_id"), by)
+    return record
+
+
 def rollback(settings: Settings, engine: "Engine | None" = None) -> dict[str, Any]:
     """Point ``champion`` back at its previous model (verified first) and record a ``rollback`` row."""
-    from patentml.artifact import cached_model_dir
     from patentml.db import registry
     from patentml.db.engine import get_engine
     from patentml.db.migrate import ensure_schema
+    from patentml.promote.state import load_champion
     from patentml.store import open_store
 
     engine = engine or get_engine(settings)
     ensure_schema(engine)
     store = open_store(settings)
-    with _locked(engine, store.uri) as conn:
+    with store_lock(engine, store.uri):
+        reconcile_pointer(engine, store)
         info = store.pointer_info()
         if info is None:
             raise PromotionError(f"{store.uri} has no champion yet: nothing to roll back")
         current, previous = info["model_id"], info.get("previous")
         if not previous:
             raise PromotionError(f"champion {current} in {store.uri} has no previous champion to roll back to")
-        if not store.exists(previous):
-            raise PromotionError(f"the previous champion {previous} is no longer in {store.uri}: cannot roll back")
-        try:
-            cached_model_dir(store, previous, settings.model_cache_dir, verify=True)
-        except ArtifactError as exc:
-            raise PromotionError(f"the previous champion {previous} does not verify ({exc}): not rolling back") from exc
+        with engine.connect() as conn:
+            row = registry.model(conn, previous)
+            run_id = registry.run_of_model(conn, previous)
+        sha = row.manifest_sha256 if row is not None else None
+        _, _, problem = load_champion(store, settings, previous, sha)
+        if problem is not None:
+            raise PromotionError(f"the previous champion {previous} cannot be loaded ({problem}): not rolling back")
         record = {"action": "rollback", "promoted": False, "challenger_model_id": previous,
-                  "challenger_run_id": registry.run_of_model(conn, previous), "champion_before": current,
+                  "challenger_run_id": run_id, "champion_before": current,
                   "champion_after": previous, "metric": settings.selection_metric, "challenger_score": None,
                   "champion_score": None, "margin": settings.promotion_margin, "snapshot_id": None,
                   "store_uri": store.uri,
                   "reason": f"rollback requested: champion {current} replaced by the previous champion {previous}"}
-        record["promotion_id"] = registry.record_decision(conn, record)
-        _commit_with_pointer(conn, store, previous)
+        with engine.connect() as conn:
+            record["promotion_id"] = registry.record_decision(conn, record)
+            _commit_with_pointer(conn, store, previous, sha)  # type: ignore[arg-type]
     log.info("Rollback: %s -> %s", current, previous)
     return record
 
 
 def decision_as_text(result: dict[str, Any]) -> str:
     """One line for the CLI."""
-    return f"{HEADLINES[result['action']]}: {result['reason']} [champion now: {result['champion_after'] or '(none)'}]"
+    head = "HELD for approval" if result.get("pending") else HEADLINES[result["action"]]
+    return f"{head}: {result['reason']} [champion now: {result['champion_after'] or '(none)'}]"
 
 
 from patentml.promote.listing import list_models  # noqa: E402 - listing reads this module's helpers
 
 __all__ = ["Candidate", "ChampionState", "Decision", "best_candidate", "decide", "decision_as_text",
-           "find_candidates", "list_models", "lock_key", "model_id_for", "promote", "rollback", "score_artifact",
-           "upload_verified"]
+           "find_candidates", "list_models", "lock_key", "model_id_for", "promote", "reject", "rollback",
+           "score_artifact", "upload_verified"]

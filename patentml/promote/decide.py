@@ -41,7 +41,10 @@ class Candidate:
     scores: dict[str, Any]
     #: Where the scores come from: ``run_metrics`` or ``rescored``.
     source: str
+    #: A local copy of the run's model, once fetched from the store (re-scoring, upload).
     artifact: Path | None = None
+    #: The sha256 of the run's manifest (``runs.artifact_sha256``): it names the promoted model.
+    manifest_sha256: str | None = None
 
     def summary(self, metric: str) -> dict[str, Any]:
         return {"run_id": self.run_id, "variant": self.variant, "snapshot_id": self.snapshot_id,

@@ -28,9 +28,9 @@ def upload_verified(store: "ModelStore", model_id: str, local: Path, settings: S
 
     local_manifest = verify_artifact(local)  # a corrupted local artifact is refused before any upload
     local_sha = file_sha256(local / MANIFEST)
-    if store.exists(model_id):
+    if store.is_complete(model_id):
         log.info("Model %s is already in %s (an earlier upload): verifying it", model_id, store.uri)
-    else:
+    else:  # absent, or an interrupted upload, which put_dir replaces
         log.info("Uploading %s to %s", model_id, store.uri)
         store.put_dir(model_id, local)
     root = settings.model_cache_dir
@@ -58,23 +58,28 @@ def upload_verified(store: "ModelStore", model_id: str, local: Path, settings: S
     return local_manifest
 
 
-def move_pointer(store: "ModelStore", model_id: str) -> str | None:
-    """Point ``champion`` at ``model_id``; returns the pointer document it replaced (None: there was none)."""
+def move_pointer(store: "ModelStore", model_id: str, sha256: str) -> tuple[str | None, str | None]:
+    """Point ``champion`` at ``model_id`` (with its manifest checksum) by a compare-and-swap; returns the
+    (document, version) it replaced, (None, None) when there was none."""
     from patentml.store import CHAMPION, POINTERS
 
-    before = store.read_text(f"{POINTERS}/{CHAMPION}.json")
-    store.set_pointer(CHAMPION, model_id)
+    before = store.read_versioned(f"{POINTERS}/{CHAMPION}.json")
+    store.set_pointer(CHAMPION, model_id, sha256=sha256)
     return before
 
 
-def restore_pointer(store: "ModelStore", before: str | None) -> None:
-    """Best effort after a failed commit: put the old pointer document back."""
+def restore_pointer(store: "ModelStore", before: tuple[str | None, str | None], model_id: str) -> None:
+    """Best effort after a failed commit: put the old pointer document back if the pointer is still ours."""
     from patentml.store import CHAMPION, POINTERS
 
-    if before is None:
-        log.error("The registry commit failed after the champion pointer was set; no earlier pointer to restore")
-        return
+    key = f"{POINTERS}/{CHAMPION}.json"
     try:
-        store.write_text(f"{POINTERS}/{CHAMPION}.json", before)
-    except Exception:  # the commit error is the one to report
+        text, version = store.read_versioned(key)
+        if text is None or store.get_pointer() != model_id:
+            return  # someone else moved it meanwhile: theirs stays
+        if before[0] is None:
+            store.delete_text(key)
+        else:
+            store.replace_text(key, before[0], version)
+    except Exception:  # the commit error is the one to report; the next promote reconciles the pointer
         log.exception("Could not restore the champion pointer after a failed registry commit")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from patentml.exceptions import StoreError
-from patentml.store.base import CHAMPION, MANIFEST, MODELS, POINTERS, ModelStore, check_name
+from patentml.store.base import AREAS, CANDIDATES, CHAMPION, CHECKPOINTS, MANIFEST, MODELS, POINTERS, ModelStore, check_name
 from patentml.store.file import FileModelStore
 
 if TYPE_CHECKING:
@@ -86,5 +86,5 @@ def __getattr__(name: str) -> object:
     raise AttributeError(name)
 
 
-__all__ = ["CHAMPION", "MANIFEST", "MODELS", "POINTERS", "FileModelStore", "ModelStore", "S3ModelStore", "check_name",
+__all__ = ["AREAS", "CANDIDATES", "CHAMPION", "CHECKPOINTS", "MANIFEST", "MODELS", "POINTERS", "FileModelStore", "ModelStore", "S3ModelStore", "check_name",
            "create_bucket_if_missing", "open_store", "parse_store_uri"]

@@ -12,9 +12,16 @@ from typing import Any
 from patentml.exceptions import StoreError
 
 #: Layout under the store root (a folder, or ``bucket/prefix``): ``models/<model_id>/...`` holds
-#: one artifact per model id, never overwritten; ``pointers/<name>.json`` names the champion.
+#: one promoted artifact per model id, never overwritten; ``candidates/<id>/...`` the artifact every
+#: finished training run uploads (write-once too; promotion copies the winner into ``models/``);
+#: ``checkpoints/<run_id>/...`` the resumable files of a run in progress (replaced every epoch,
+#: removed when it succeeds); ``pointers/<name>.json`` names the champion.
 MODELS = "models"
+CANDIDATES = "candidates"
+CHECKPOINTS = "checkpoints"
 POINTERS = "pointers"
+#: The write-once areas: folders of artifacts, each complete once its manifest is there.
+AREAS = (MODELS, CANDIDATES)
 #: Uploaded last, so an S3 listing that shows it belongs to a completely uploaded model.
 MANIFEST = "manifest.json"
 CHAMPION = "champion"
@@ -70,6 +77,12 @@ def _artifact_files(local_dir: Path) -> list[str]:
     return files
 
 
+def check_area(area: str) -> str:
+    if area not in AREAS:
+        raise StoreError(f"unknown store area {area!r}: one of {', '.join(AREAS)}")
+    return area
+
+
 def _safe_target(dest_dir: Path, relative: str) -> Path:
     """``dest_dir/relative``, refusing names that would escape ``dest_dir`` (a hostile store)."""
     rel = PurePosixPath(relative)
@@ -85,8 +98,9 @@ def _now() -> str:
 class ModelStore(ABC):
     """Where artifacts live. Model folders are write-once; pointers are small JSON docs replaced atomically.
 
-    Concurrent promotions must be serialized by the caller (a Postgres advisory lock): moving a
-    pointer is an atomic replace, not a compare-and-swap.
+    Concurrent promotions are serialized by the caller (a Postgres advisory lock); moving a pointer
+    is also a compare-and-swap (:meth:`replace_text`), so a writer that read an old pointer cannot
+    overwrite a newer one.
     """
 
     #: Canonical URI of the store (no secrets), e.g. ``file:///srv/models`` or ``s3://bucket/prefix``.
@@ -94,27 +108,45 @@ class ModelStore(ABC):
 
     # -- models ------------------------------------------------------------------------------
     @abstractmethod
-    def put_dir(self, model_id: str, local_dir: Path | str) -> list[str]:
-        """Store every file under ``local_dir`` as model ``model_id``; return the relative paths stored.
+    def put_dir(self, model_id: str, local_dir: Path | str, area: str = MODELS) -> list[str]:
+        """Store every file under ``local_dir`` as ``area/model_id``, the manifest last; return the paths stored.
 
-        Raises :class:`StoreError` if ``model_id`` already exists: a key is never overwritten.
+        Raises :class:`StoreError` if a complete upload of ``model_id`` exists: it is never overwritten.
+        An interrupted upload (files but no manifest) is removed and uploaded again.
         """
 
     @abstractmethod
-    def get_dir(self, model_id: str, dest_dir: Path | str) -> Path:
-        """Download model ``model_id`` into ``dest_dir`` (created if missing) and return it."""
+    def get_dir(self, model_id: str, dest_dir: Path | str, area: str = MODELS) -> Path:
+        """Download ``area/model_id`` into ``dest_dir`` (created if missing) and return it."""
 
     @abstractmethod
-    def exists(self, model_id: str) -> bool:
+    def exists(self, model_id: str, area: str = MODELS) -> bool:
         """True if any file is stored under ``model_id`` (even from an interrupted upload)."""
 
     @abstractmethod
-    def list_models(self) -> list[str]:
-        """Ids of the stored models, sorted."""
+    def is_complete(self, model_id: str, area: str = MODELS) -> bool:
+        """True if the upload of ``model_id`` finished (its manifest, written last, is there)."""
 
     @abstractmethod
-    def delete_model(self, model_id: str) -> None:
+    def list_models(self, area: str = MODELS) -> list[str]:
+        """Ids of the stored models (complete or not), sorted."""
+
+    @abstractmethod
+    def delete_model(self, model_id: str, area: str = MODELS) -> None:
         """Remove a model's files; meant for cleaning up a failed upload (pointed-to models are refused)."""
+
+    # -- working files (checkpoints): replaced freely, outside the write-once areas -------------
+    @abstractmethod
+    def put_file(self, key: str, path: Path | str) -> None:
+        """Upload one file to ``key`` (e.g. ``checkpoints/12/checkpoint.pt``), replacing what was there."""
+
+    @abstractmethod
+    def get_file(self, key: str, dest: Path | str) -> bool:
+        """Download ``key`` to ``dest`` (atomically); False when there is no such key."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every document below the folder ``prefix`` (e.g. a finished run's checkpoints)."""
 
     # -- small documents ---------------------------------------------------------------------
     @abstractmethod
@@ -126,6 +158,22 @@ class ModelStore(ABC):
         """Write (or replace) a small document atomically; keys under ``models/`` are refused."""
 
     @abstractmethod
+    def read_versioned(self, key: str) -> tuple[str | None, str | None]:
+        """(text, version) of a document, (None, None) when absent; the version feeds :meth:`replace_text`."""
+
+    @abstractmethod
+    def replace_text(self, key: str, text: str, version: str | None) -> None:
+        """Write ``key`` only if it is still at ``version`` (None: only if it does not exist), else StoreError.
+
+        S3: ``If-Match`` on the ETag (``If-None-Match: *`` when absent); file://: an exclusive lock,
+        a comparison and an atomic rename.
+        """
+
+    @abstractmethod
+    def delete_text(self, key: str) -> None:
+        """Remove a document (absent is fine); keys under the write-once areas are refused."""
+
+    @abstractmethod
     def list_keys(self, prefix: str) -> list[str]:
         """Document keys below the folder ``prefix`` (e.g. ``pointers``), relative to the store root."""
 
@@ -135,9 +183,15 @@ class ModelStore(ABC):
 
     # -- pointers (shared by both backends) --------------------------------------------------
     def pointer_info(self, name: str = CHAMPION) -> dict[str, Any] | None:
-        """The pointer document ``{"model_id", "previous", "updated_at"}`` or None if never set."""
+        """The pointer document ``{"model_id", "sha256", "previous", "updated_at"}`` or None if never set.
+
+        ``sha256`` is the model's manifest checksum: a reader verifies that the model it downloads
+        is the one the pointer was moved to (pointers written before it existed have none).
+        """
         check_name(name, "pointer name")
-        text = self.read_text(f"{POINTERS}/{name}.json")
+        return self._parse_pointer(name, self.read_text(f"{POINTERS}/{name}.json"))
+
+    def _parse_pointer(self, name: str, text: str | None) -> dict[str, Any] | None:
         if text is None:
             return None
         try:
@@ -155,25 +209,36 @@ class ModelStore(ABC):
         doc = self.pointer_info(name)
         return None if doc is None else str(doc["model_id"])
 
-    def set_pointer(self, name: str, model_id: str) -> dict[str, Any]:
-        """Point ``name`` at an existing model in one atomic write; the old target becomes ``previous``."""
+    def set_pointer(self, name: str, model_id: str, sha256: str | None = None) -> dict[str, Any]:
+        """Point ``name`` at a complete model by a conditional write; the old target becomes ``previous``.
+
+        The write succeeds only if the pointer is still what was read just before (compare-and-swap),
+        so a concurrent mover makes this raise :class:`StoreError` instead of being overwritten.
+        """
         check_name(name, "pointer name")
         check_name(model_id)
-        if not self.exists(model_id):
+        if not self.is_complete(model_id):
             raise StoreError(
-                f"cannot point {name!r} at model {model_id!r}: it is not in {self.uri} "
+                f"cannot point {name!r} at model {model_id!r}: there is no complete upload of it in {self.uri} "
                 "(upload it with put_dir first)"
             )
-        current = self.pointer_info(name)
-        if current is not None and current["model_id"] == model_id:
+        key = f"{POINTERS}/{name}.json"
+        text, version = self.read_versioned(key)
+        current = self._parse_pointer(name, text)
+        if current is not None and current["model_id"] == model_id and current.get("sha256") == sha256:
             return current  # already there: keep its history instead of recording itself as previous
         doc = {
             "model_id": model_id,
+            "sha256": sha256,
             "previous": None if current is None else current["model_id"],
             "updated_at": _now(),
         }
-        self.write_text(f"{POINTERS}/{name}.json", json.dumps(doc, indent=2) + "\n")
+        self.replace_text(key, json.dumps(doc, indent=2) + "\n", version)
         return doc
+
+    def _moved_error(self, key: str) -> StoreError:
+        return StoreError(f"{key} in {self.uri} changed while it was being replaced (another promoter?): "
+                          "nothing was written; run the promotion again")
 
     def list_pointers(self) -> dict[str, str]:
         """Every pointer name with the model id it names."""
@@ -194,17 +259,18 @@ class ModelStore(ABC):
                 "move them to another model first"
             )
 
-    def _exists_error(self, model_id: str) -> StoreError:
-        return StoreError(f"model {model_id!r} already exists in {self.uri}: model ids are never overwritten")
+    def _exists_error(self, model_id: str, area: str = MODELS) -> StoreError:
+        return StoreError(f"{area}/{model_id} already exists in {self.uri}: model ids are never overwritten")
 
-    def _missing_error(self, model_id: str) -> StoreError:
-        return StoreError(f"model {model_id!r} is not in {self.uri}: see list_models() for what is stored")
+    def _missing_error(self, model_id: str, area: str = MODELS) -> StoreError:
+        return StoreError(f"{area}/{model_id} is not in {self.uri}: see `patentml models list` for what is stored")
 
     @staticmethod
     def _check_writable_key(key: str) -> str:
         key = _check_key(key)
-        if key == MODELS or key.startswith(MODELS + "/"):
-            raise StoreError(f"{key!r} is inside {MODELS}/, which is write-once: use put_dir for model files")
+        for area in AREAS:
+            if key == area or key.startswith(area + "/"):
+                raise StoreError(f"{key!r} is inside {area}/, which is write-once: use put_dir for model files")
         return key
 
     def __repr__(self) -> str:

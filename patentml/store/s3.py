@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -11,13 +14,19 @@ from patentml.store.base import (
     _CREDENTIAL_CODES,
     _CREDENTIAL_HINT,
     _OWN_BUCKET_CODES,
+    MANIFEST,
     MODELS,
     ModelStore,
     _artifact_files,
     _check_key,
     _safe_target,
+    check_area,
     check_name,
 )
+
+log = logging.getLogger(__name__)
+#: What S3 servers answer to a failed ``If-Match`` / ``If-None-Match`` condition.
+_PRECONDITION_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
 class S3ModelStore(ModelStore):
@@ -71,8 +80,8 @@ class S3ModelStore(ModelStore):
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
-    def _model_prefix(self, model_id: str) -> str:
-        return self._key(MODELS, check_name(model_id)) + "/"
+    def _model_prefix(self, model_id: str, area: str = MODELS) -> str:
+        return self._key(check_area(area), check_name(model_id)) + "/"
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -152,14 +161,21 @@ class S3ModelStore(ModelStore):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
     # -- models ------------------------------------------------------------------------------
-    def put_dir(self, model_id: str, local_dir: Path | str) -> list[str]:
+    def put_dir(self, model_id: str, local_dir: Path | str, area: str = MODELS) -> list[str]:
         from botocore.exceptions import ClientError
 
         local_dir = Path(local_dir)
         files = _artifact_files(local_dir)
-        base = self._model_prefix(model_id)
-        if self.exists(model_id):
-            raise self._exists_error(model_id)
+        base = self._model_prefix(model_id, area)
+        if self.is_complete(model_id, area):
+            raise self._exists_error(model_id, area)
+        if self.exists(model_id, area):
+            # Objects but no manifest (which goes last): an upload that died half-way. Reusing it
+            # would serve a model with files missing; remove what it left and upload again.
+            log.warning("%s/%s in %s is an interrupted upload (no %s): removing it and uploading again",
+                        area, model_id, self.uri, MANIFEST)
+            with self._errors(f"removing the interrupted upload {area}/{model_id}"):
+                self._delete_keys(list(self._iter_keys(base)))
         written: list[str] = []
         with self._errors(f"uploading model {model_id!r}"):
             try:
@@ -171,7 +187,7 @@ class S3ModelStore(ModelStore):
                 if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
                     # Another writer is storing the same id: remove only the keys we created.
                     self._delete_quietly(written)
-                    raise self._exists_error(model_id) from exc
+                    raise self._exists_error(model_id, area) from exc
                 self._delete_quietly(written)
                 raise
             except BaseException:
@@ -179,35 +195,45 @@ class S3ModelStore(ModelStore):
                 raise
         return files
 
-    def get_dir(self, model_id: str, dest_dir: Path | str) -> Path:
-        base = self._model_prefix(model_id)
+    def get_dir(self, model_id: str, dest_dir: Path | str, area: str = MODELS) -> Path:
+        base = self._model_prefix(model_id, area)
         dest = Path(dest_dir)
         with self._errors(f"downloading model {model_id!r}"):
             keys = list(self._iter_keys(base))
             if not keys:
-                raise self._missing_error(model_id)
+                raise self._missing_error(model_id, area)
             for key in keys:
                 target = _safe_target(dest, key[len(base) :])
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(self.bucket, key, str(target))
         return dest
 
-    def exists(self, model_id: str) -> bool:
+    def exists(self, model_id: str, area: str = MODELS) -> bool:
         with self._errors(f"checking model {model_id!r}"):
-            prefix = self._model_prefix(model_id)
+            prefix = self._model_prefix(model_id, area)
             page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
         return bool(page.get("KeyCount") or page.get("Contents"))
 
-    def list_models(self) -> list[str]:
-        base = self._key(MODELS) + "/"
+    def is_complete(self, model_id: str, area: str = MODELS) -> bool:
+        return self._head(self._model_prefix(model_id, area) + MANIFEST, f"checking model {model_id!r}")
+
+    def _head(self, key: str, action: str) -> bool:
+        """Whether ``key`` exists; a listing rather than HEAD, whose answers carry no error code to report."""
+        with self._errors(action):
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        return any(item["Key"] == key for item in page.get("Contents", []))
+
+    def list_models(self, area: str = MODELS) -> list[str]:
+        base = self._key(check_area(area)) + "/"
         # A flat listing, not Delimiter="/": SeaweedFS keeps reporting emptied "folders" as common
         # prefixes after their objects are deleted, which would resurrect deleted models.
         with self._errors("listing models"):
             return sorted({key[len(base) :].split("/", 1)[0] for key in self._iter_keys(base)})
 
-    def delete_model(self, model_id: str) -> None:
-        base = self._model_prefix(model_id)
-        self._refuse_pointed(model_id)
+    def delete_model(self, model_id: str, area: str = MODELS) -> None:
+        base = self._model_prefix(model_id, area)
+        if area == MODELS:
+            self._refuse_pointed(model_id)
         with self._errors(f"deleting model {model_id!r}"):
             self._delete_keys(list(self._iter_keys(base)))
 
@@ -248,6 +274,68 @@ class S3ModelStore(ModelStore):
             self.client.put_object(
                 Bucket=self.bucket, Key=self._key(key), Body=text.encode("utf-8"), ContentType=content_type
             )
+
+    def read_versioned(self, key: str) -> tuple[str | None, str | None]:
+        from botocore.exceptions import ClientError
+
+        with self._errors(f"reading {key}"):
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=self._key(_check_key(key)))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None, None
+                raise
+            return answer["Body"].read().decode("utf-8"), answer["ETag"]
+
+    def replace_text(self, key: str, text: str, version: str | None) -> None:
+        from botocore.exceptions import ClientError
+
+        key = self._check_writable_key(key)
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        with self._errors(f"writing {key}"):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=text.encode("utf-8"),
+                                       ContentType="application/json", **condition)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _PRECONDITION_CODES:
+                    raise self._moved_error(key) from exc
+                raise
+
+    def delete_text(self, key: str) -> None:
+        key = self._check_writable_key(key)
+        with self._errors(f"deleting {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def put_file(self, key: str, path: Path | str) -> None:
+        key = self._check_writable_key(key)
+        with self._errors(f"writing {key}"):
+            self.client.upload_file(str(path), self.bucket, self._key(key))
+
+    def get_file(self, key: str, dest: Path | str) -> bool:
+        from botocore.exceptions import ClientError
+
+        key = _check_key(key)
+        if not self._head(self._key(key), f"reading {key}"):
+            return False
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+        with self._errors(f"reading {key}"):
+            try:
+                self.client.download_file(self.bucket, self._key(key), str(tmp))
+                os.replace(tmp, dest)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return False
+                raise
+            finally:
+                tmp.unlink(missing_ok=True)
+        return True
+
+    def delete_prefix(self, prefix: str) -> None:
+        base = self._key(self._check_writable_key(prefix)) + "/"
+        with self._errors(f"deleting {prefix}"):
+            self._delete_keys(list(self._iter_keys(base)))
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self._key(_check_key(prefix)) + "/"

@@ -76,6 +76,8 @@ class FitContext:
     cache_dir: Path | None = None
     cache_key: str | None = None
     on_epoch: Callable[[EpochLog], None] = field(default=lambda e: None)
+    #: Called with the checkpoint files of each finished epoch (the run uploads them to the store).
+    on_checkpoint: Callable[[list[Path]], None] = field(default=lambda files: None)
     #: Resume from the checkpoint in ``work_dir`` when there is one.
     resume: bool = True
     #: Sentence-vector cache (Postgres-backed in runs); None computes every vector.

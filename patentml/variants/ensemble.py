@@ -155,7 +155,16 @@ class Ensemble(Backend):
         (folder / ENSEMBLE_FILE).write_text(json.dumps({"members": kept}, indent=1))
 
     def _load(self, folder: Path) -> None:
+        from patentml.artifact import artifact_member
+        from patentml.exceptions import ArtifactError
+
         meta = json.loads((folder / ENSEMBLE_FILE).read_text())
+        for m in meta["members"]:
+            # A member is a folder directly inside this artifact (what _save writes), never a path elsewhere.
+            if not isinstance(m.get("folder"), str) or "/" in m["folder"]:
+                raise ArtifactError(f"{folder / ENSEMBLE_FILE}: member folder {m.get('folder')!r} must be one "
+                                    "folder name inside the artifact")
+            artifact_member(folder, m["folder"], "ensemble member folder")
         self.members = [load_backend(folder / m["folder"]) for m in meta["members"]]
         self.weights = [float(m["weight"]) for m in meta["members"]]
         self.member_runs = [int(m["run_id"]) for m in meta["members"]]

@@ -66,7 +66,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def env_bool(name: str, default: bool) -> bool:
+def env_bool(name: str, default: bool | None) -> bool | None:
     """``PATENTML_<name>`` as a switch: 1/true/yes/on or 0/false/no/off (any case); unset or empty: ``default``."""
     raw = env(name, "").lower()
     if not raw:
@@ -118,9 +118,16 @@ class DagConfig:
     task_retries: int
     default_variants: list[str]
     default_overrides: dict[str, Any]
-    only_if_changed: bool
+    #: Default of the ``only_if_changed`` Param; None: scheduled runs skip an unchanged corpus, manual runs train.
+    only_if_changed: bool | None
     #: Default of the retrain DAG's ``blend`` Param: blend each dataset's evaluated runs into ``ensemble-<dataset>``.
     blend: bool
+    #: Wait before a failed training task is tried again (it resumes from its last stored epoch).
+    train_retry_delay_seconds: int = 600
+    #: A retrain run not finished this many hours after it was queued sends an alert (0: no deadline).
+    retrain_deadline_hours: int = 8
+    #: How long a held promotion waits for a person before the default answer (Reject) applies.
+    approval_timeout_hours: int = 24
 
     @classmethod
     def from_env(cls) -> "DagConfig":
@@ -146,9 +153,27 @@ class DagConfig:
             task_retries=env_int("TASK_RETRIES", 2),
             default_variants=variants,
             default_overrides=env_json_object("RETRAIN_OVERRIDES", DEFAULT_OVERRIDES),
-            only_if_changed=env_bool("RETRAIN_ONLY_IF_CHANGED", False),
+            only_if_changed=env_bool("RETRAIN_ONLY_IF_CHANGED", None),  # type: ignore[arg-type]
             blend=env_bool("RETRAIN_BLEND", True),
+            train_retry_delay_seconds=env_int("TRAIN_RETRY_DELAY_SECONDS", 600),
+            retrain_deadline_hours=env_int("RETRAIN_DEADLINE_HOURS", 8),
+            approval_timeout_hours=env_int("APPROVAL_TIMEOUT_HOURS", 24, minimum=1),
         )
+
+
+#: Run types that start without a person: they skip an unchanged corpus unless ``only_if_changed`` is false.
+UNATTENDED_RUNS = ("scheduled", "asset_triggered", "asset_materialization", "backfill")
+
+
+def skips_unchanged(only_if_changed: bool | None, run_type: str | None) -> bool:
+    """Whether a retrain run skips training when the snapshot did not change.
+
+    ``only_if_changed`` true or false decides; empty (the default) means: the nightly schedule and
+    asset-triggered runs skip (nothing new to learn from), a manual trigger trains.
+    """
+    if only_if_changed is not None:
+        return bool(only_if_changed)
+    return str(run_type or "").lower().split(".")[-1] in UNATTENDED_RUNS
 
 
 def check_variant(name: str, where: str = "variants") -> str:

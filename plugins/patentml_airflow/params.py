@@ -46,8 +46,12 @@ def retrain_params(config: DagConfig) -> dict[str, Param]:
             None, type=["null", "number"], minimum=0, exclusiveMaximum=1, title="Promotion margin",
             description="Example-F1 points (0-1) a challenger must win by; empty: PATENTML_PROMOTION_MARGIN.",
         ),
-        "only_if_changed": Param(config.only_if_changed, type="boolean", title="Only if the corpus changed",
-                                 description="Skip training when the rebuilt snapshot equals the previous one."),
+        "only_if_changed": Param(config.only_if_changed, type=["null", "boolean"], title="Only if the corpus changed",
+                                 description="Skip training when the rebuilt snapshot equals the previous one. Empty "
+                                 "(default, PATENTML_RETRAIN_ONLY_IF_CHANGED): the nightly schedule skips, a manual run trains."),
+        "approve_promotion": Param(False, type="boolean", title="A person approves the promotion",
+                                   description="Hold a winning challenger (uploaded and verified) until someone approves it "
+                                   "under Required actions; a rejection or no answer keeps the champion."),
         "blend": Param(
             config.blend, type="boolean", title="Blend the variants",
             description="After evaluation, train and evaluate a score-level blend of the runs evaluated in this run "

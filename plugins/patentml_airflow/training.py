@@ -37,3 +37,35 @@ def training_arguments(spec: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
     kwargs["overrides"] = overrides or None
     kwargs["seed"] = int(spec.get("seed") or 0)
     return kwargs, ignored
+
+
+def run_training(spec: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The retrain DAG's ``train`` task: one variant, as one run row shared by every try of this task instance.
+
+    A retry (on this or another worker) continues the run from its last checkpoint in the model
+    store. Errors no retry can fix (bad settings, an unknown variant) fail the task at once.
+    """
+    import socket
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from patentml.db.runs import RunOrigin
+    from patentml.exceptions import ConfigError
+    from patentml_airflow.config import ConfigurationError
+    from patentml_airflow.hook import PatentMLHook
+
+    ti = context["ti"]
+    origin = RunOrigin(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number)
+    try:
+        settings = PatentMLHook(device=spec.get("device")).get_settings()
+        kwargs, ignored = training_arguments(spec)
+        if ignored:
+            print(f"{spec['variant']}: not used by this model, left out: {', '.join(ignored)}")
+        from patentml.train import train
+
+        # The snapshot this run rebuilt, not a newer one.
+        run_id = train(spec["variant"], settings, snapshot_id=spec.get("snapshot_id"), origin=origin, **kwargs)
+    except (ConfigError, ConfigurationError) as exc:
+        raise AirflowFailException(f"{spec['variant']}: {exc} (no retry can fix this)") from exc
+    print(f"{spec['variant']}: run {run_id} trained on {socket.gethostname()} (try {ti.try_number})")
+    return {"variant": spec["variant"], "run_id": int(run_id), "host": socket.gethostname()}
