@@ -129,12 +129,16 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def __repr__(self) -> str:
+        """Never the secrets: a Settings object ends up in logs and tracebacks."""
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for logs and run rows."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and ("secret" in f.name or f.name == "database_url"):
+            if value is not None and ("secret" in f.name or "token" in f.name or f.name == "database_url"):
                 value = _mask_url(str(value)) if f.name == "database_url" else "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
@@ -155,15 +159,22 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
     return raw
 
 
+#: Query parameters of a URL that carry secrets (libpq's ``password``, ``sslpassword``; tokens, keys).
+_SECRET_PARAMS = ("password", "secret", "token", "key")
+
+
 def _mask_url(url: str) -> str:
-    """Hide the password in a database URL."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Hide the password of a database URL, in its user part and in its query string."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
     if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        parts = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@"))
+    if parts.query:
+        query = [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="*/"))
+    return urlunsplit(parts)
 
 
 _current: Settings | None = None

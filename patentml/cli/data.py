@@ -38,13 +38,30 @@ def cmd_db_shell(args: argparse.Namespace) -> int:
     from patentml.db import embedded
     from patentml.db.engine import database_url, libpq_url
 
-    url = libpq_url(database_url(_settings(args)))
+    url, password = split_password(libpq_url(database_url(_settings(args))))
     psql = str(embedded.psql_path())
     if not os.path.exists(psql):
         psql = shutil.which("psql") or psql
     sys.stdout.flush()
-    os.execv(psql, [psql, url, *args.psql_args])
-    return 0  # pragma: no cover - execv does not return
+    # The password goes through the environment: argv is visible to every user of the machine (ps).
+    env = {**os.environ, **({"PGPASSWORD": password} if password is not None else {})}
+    os.execve(psql, [psql, url, *args.psql_args], env)
+    return 0  # pragma: no cover - execve does not return
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """A libpq URL without its password (user part or ``password=`` parameter), and the password."""
+    from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    password = unquote(parts.password) if parts.password is not None else None
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{quote(unquote(parts.username or ''), safe='')}@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k != "password"]
+    password = next((v for k, v in query if k == "password"), password)
+    return urlunsplit(parts._replace(query=urlencode(kept, safe="/"))), password
 
 
 def cmd_db_stop(args: argparse.Namespace) -> int:
