@@ -81,8 +81,18 @@ def run_scores(conn: "Connection", run_ids: Sequence[int] | None = None, *, snap
     if latest_per_variant:
         query = query.order_by(RUNS.c.variant, RUNS.c.run_id.desc()).ext(distinct_on(RUNS.c.variant))
     rows = [dict(r._mapping) for r in conn.execute(query)]
-    rows.sort(key=lambda r: (-r["f1"], -r["p_at_1"], r["run_id"]))
+    rows.sort(key=rank_key)
     return rows[:limit] if limit is not None else rows
+
+
+def rank_key(row: dict[str, Any]) -> tuple[float, float, int]:
+    """Best run first: higher F1, then higher P@1, then the older run (the order of every leaderboard)."""
+    return (-row["f1"], -row["p_at_1"], row["run_id"])
+
+
+def rank_order(columns: Any) -> tuple[Any, ...]:
+    """:func:`rank_key` as SQL ``ORDER BY`` terms on a selectable's columns (``f1``, ``p_at_1``, ``run_id``)."""
+    return (columns.f1.desc(), columns.p_at_1.desc(), columns.run_id)
 
 
 def score_of(row: dict[str, Any]) -> dict[str, Any]:
