@@ -422,9 +422,9 @@ def test_the_error_page_names_no_database_host_or_user(site: Site) -> None:
     finally:
         set_login(urllib.parse.urlsplit(site.db_url).username or None)
     assert status == 503 and status_json == 503
-    assert "cannot be reached or refused the login" in page
     for shown in (page, body):
         assert secret_user not in shown and socket_dir not in shown and ".s.PGSQL" not in shown
+    assert "cannot be reached or refused the login" in page
     ref = re.search(r"reference\s+<code>([0-9a-f]{8})</code>", page).group(1)
     log = site.api.component.tail(200_000)
     assert f"[{ref}]" in log and secret_user in log  # the details are in the operator's log
