@@ -1,8 +1,9 @@
 """The UI page's data in one SQL statement: leaderboard of a snapshot, champion, curves, sections, history, batches.
 
 One round trip and one consistent view of the tables: every part is a JSON aggregate of a subquery
-of a single ``SELECT``. Each run's score is its ``run_metrics`` row under the run's own rule, joined
-exactly as :func:`patentml.db.results.run_scores` joins it; rows come back as plain dicts.
+of a single ``SELECT``. Each run's score is its ``run_metrics`` row under the run's own rule
+(:func:`patentml.db.results.own_rule`), ranked by :func:`patentml.db.results.rank_order`; rows come back
+as plain dicts.
 """
 
 from __future__ import annotations
@@ -10,23 +11,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, column, func, literal, literal_column, or_, select, text
+from sqlalchemy import column, func, literal, literal_column, or_, select, text
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from patentml.db.corpus import BATCHES_SQL, COUNTS
-from patentml.db.models import DatasetSnapshot, ModelRow, Promotion, Run, RunEpoch, RunMetric, SectionMetric
-from patentml.db.results import SCORE_COLUMNS, rank_order
+from patentml.db.models import DatasetSnapshot
+from patentml.db.registry import MODELS, PROMOTIONS
+from patentml.db.results import RUN_METRICS as METRICS
+from patentml.db.results import RUNS, SCORE_COLUMNS, SECTIONS, own_rule, rank_order
+from patentml.db.runs import EPOCHS
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.sql import FromClause, Select
 
-RUNS = Run.__table__
-METRICS = RunMetric.__table__
-SECTIONS = SectionMetric.__table__
-EPOCHS = RunEpoch.__table__
-MODELS = ModelRow.__table__
-PROMOTIONS = Promotion.__table__
 SNAPSHOTS = DatasetSnapshot.__table__
 SPLIT = "test"
 #: Run columns too large or too internal for the page; every other column (new ones too) is passed on.
@@ -37,11 +35,6 @@ HISTORY = 200
 
 def _run_columns() -> list[Any]:
     return [c for c in RUNS.c if c.name not in HIDDEN_RUN_COLUMNS]
-
-
-def _own_rule(metrics: Any) -> Any:
-    """A run's metrics rows under the rule it chose, on the test split (the join of ``run_scores``)."""
-    return and_(metrics.c.run_id == RUNS.c.run_id, metrics.c.rule == RUNS.c.rule, metrics.c.split == SPLIT)
 
 
 def _json_rows(sub: "FromClause", *order: Any) -> Any:
@@ -57,7 +50,7 @@ def page_query(*, snapshot_id: int | None, limit: int, history: int = HISTORY) -
                    .scalar_subquery())
     score_cols = [METRICS.c[c] for c in SCORE_COLUMNS if c != "rule"]  # the rule is the run's own (joined on)
     scored = (select(*_run_columns(), *score_cols)
-              .select_from(RUNS.join(METRICS, _own_rule(METRICS)))
+              .select_from(RUNS.join(METRICS, own_rule(METRICS, SPLIT)))
               .where(RUNS.c.status == "succeeded").cte("scored"))
     chosen = func.coalesce(literal(snapshot_id), select(func.max(scored.c.snapshot_id)).scalar_subquery())
     board = (select(scored, func.row_number().over(order_by=rank_order(scored.c)).label("rank"))
@@ -72,8 +65,8 @@ def page_query(*, snapshot_id: int | None, limit: int, history: int = HISTORY) -
     epochs = select(EPOCHS).where(EPOCHS.c.run_id.in_(shown_runs)).subquery("e")
     sections = (select(SECTIONS.c.run_id, SECTIONS.c.section, SECTIONS.c.precision, SECTIONS.c.recall,
                        SECTIONS.c.f1, SECTIONS.c.n_patents)
-                .select_from(SECTIONS.join(RUNS, and_(RUNS.c.run_id == SECTIONS.c.run_id, RUNS.c.rule == SECTIONS.c.rule)))
-                .where(SECTIONS.c.split == SPLIT, SECTIONS.c.run_id.in_(shown_runs)).subquery("s"))
+                .select_from(SECTIONS.join(RUNS, own_rule(SECTIONS, SPLIT)))
+                .where(SECTIONS.c.run_id.in_(shown_runs)).subquery("s"))
     promotions = (select(PROMOTIONS).order_by(PROMOTIONS.c.decided_at.desc(), PROMOTIONS.c.promotion_id.desc())
                   .limit(history).subquery("p"))
     snapshots = (select(SNAPSHOTS.c.snapshot_id, SNAPSHOTS.c.created_at, SNAPSHOTS.c.label_scheme,
@@ -85,7 +78,7 @@ def page_query(*, snapshot_id: int | None, limit: int, history: int = HISTORY) -
     seconds = func.coalesce(RUNS.c.train_seconds, func.extract("epoch", func.coalesce(RUNS.c.finished_at, func.now())
                                                                - RUNS.c.started_at))
     unfinished = (select(*_run_columns(), seconds.label("seconds"))
-                  .select_from(RUNS.outerjoin(m, _own_rule(m)))
+                  .select_from(RUNS.outerjoin(m, own_rule(m, SPLIT)))
                   .where(or_(RUNS.c.status != "succeeded", m.c.run_id.is_(None)))
                   .order_by(RUNS.c.started_at.desc(), RUNS.c.run_id.desc()).limit(limit).subquery("u"))
     batches = text(BATCHES_SQL).bindparams(limit=limit).columns(column("batch_id")).subquery("b")
