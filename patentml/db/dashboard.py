@@ -55,9 +55,9 @@ def page_query(*, snapshot_id: int | None, limit: int, history: int = HISTORY) -
     chosen = func.coalesce(literal(snapshot_id), select(func.max(scored.c.snapshot_id)).scalar_subquery())
     board = (select(scored, func.row_number().over(order_by=rank_order(scored.c)).label("rank"))
              .where(scored.c.snapshot_id == chosen).order_by(*rank_order(scored.c)).limit(limit).cte("board"))
-    champion = (select(MODELS.c.model_id, MODELS.c.run_id, MODELS.c.variant, MODELS.c.snapshot_id,
-                       MODELS.c.store_uri, MODELS.c.manifest_sha256, MODELS.c.created_at,
-                       *[scored.c[c] for c in ("dataset", "epochs_done", "best_epoch", *SCORE_COLUMNS)])
+    # The model's own columns, then its run's (a DAG run id too, once runs record it) and the run's score.
+    model_cols = [c for c in MODELS.c if c.name != "metrics"]
+    champion = (select(*model_cols, *[c for c in scored.c if c.name not in {m.name for m in MODELS.c}])
                 .select_from(MODELS.outerjoin(scored, scored.c.run_id == MODELS.c.run_id))
                 .where(MODELS.c.model_id == champion_id).cte("champion"))
     shown_runs = select(board.c.run_id).union(select(champion.c.run_id).where(champion.c.run_id.is_not(None)))
