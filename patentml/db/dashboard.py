@@ -9,9 +9,10 @@ as plain dicts.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import column, func, literal, literal_column, or_, select, text
+from sqlalchemy import Integer, bindparam, column, func, literal, literal_column, or_, select, text
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from patentml.db.corpus import BATCHES_SQL, COUNTS
@@ -43,8 +44,12 @@ def _json_rows(sub: "FromClause", *order: Any) -> Any:
     return select(func.coalesce(agg, literal_column("'[]'::json"))).select_from(sub).scalar_subquery()
 
 
-def page_query(*, snapshot_id: int | None, limit: int, history: int = HISTORY) -> "Select[Any]":
-    """The one statement behind the page; see :func:`page_data`."""
+@functools.lru_cache(maxsize=1)
+def page_query() -> "Select[Any]":
+    """The one statement behind the page (see :func:`page_data`), built once: its parameters are bound at
+    execution (``snapshot_id``, ``limit``, ``history``), so SQLAlchemy compiles it once per process too."""
+    snapshot_id = bindparam("snapshot_id", type_=Integer)
+    limit, history = bindparam("limit", type_=Integer), bindparam("history", type_=Integer)
     champion_id = (select(PROMOTIONS.c.champion_after)
                    .order_by(PROMOTIONS.c.decided_at.desc(), PROMOTIONS.c.promotion_id.desc()).limit(1)
                    .scalar_subquery())
@@ -52,7 +57,7 @@ def page_query(*, snapshot_id: int | None, limit: int, history: int = HISTORY) -
     scored = (select(*_run_columns(), *score_cols)
               .select_from(RUNS.join(METRICS, own_rule(METRICS, SPLIT)))
               .where(RUNS.c.status == "succeeded").cte("scored"))
-    chosen = func.coalesce(literal(snapshot_id), select(func.max(scored.c.snapshot_id)).scalar_subquery())
+    chosen = func.coalesce(snapshot_id, select(func.max(scored.c.snapshot_id)).scalar_subquery())
     board = (select(scored, func.row_number().over(order_by=rank_order(scored.c)).label("rank"))
              .where(scored.c.snapshot_id == chosen).order_by(*rank_order(scored.c)).limit(limit).cte("board"))
     # The model's own columns, then its run's (a DAG run id too, once runs record it) and the run's score.
@@ -81,7 +86,7 @@ def page_query(*, snapshot_id: int | None, limit: int, history: int = HISTORY) -
                   .select_from(RUNS.outerjoin(m, own_rule(m, SPLIT)))
                   .where(or_(RUNS.c.status != "succeeded", m.c.run_id.is_(None)))
                   .order_by(RUNS.c.started_at.desc(), RUNS.c.run_id.desc()).limit(limit).subquery("u"))
-    batches = text(BATCHES_SQL).bindparams(limit=limit).columns(column("batch_id")).subquery("b")
+    batches = text(BATCHES_SQL).bindparams(limit).columns(column("batch_id")).subquery("b")
     counts = func.json_build_object(*[part for name, sql in COUNTS.items()
                                       for part in (literal(name), literal_column(f"({sql})"))])
     champion_json = select(func.row_to_json(champion.table_valued())).scalar_subquery()
@@ -109,7 +114,7 @@ def page_data(conn: "Connection", *, snapshot_id: int | None = None, limit: int 
     runs that are on no leaderboard; ``promotions``: the latest ``history`` decisions, newest first;
     ``snapshots`` with scored runs, newest first; ``batches``; ``counts``. Timestamps are datetimes.
     """
-    row = conn.execute(page_query(snapshot_id=snapshot_id, limit=limit, history=history)).one()
+    row = conn.execute(page_query(), {"snapshot_id": snapshot_id, "limit": limit, "history": history}).one()
     return {key: _restore(value) for key, value in row._mapping.items()}
 
 
