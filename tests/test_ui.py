@@ -363,6 +363,7 @@ def suggestions(page: str) -> list[tuple[str, str, bool]]:
 
 def test_the_champion_answers_a_pasted_abstract(site: Site) -> None:
     from patentml.predict import Predictor
+    from patentml_airflow.ui.suggest import takes_explain
 
     expected = Predictor.open(site.real["store"]).predict([ABSTRACT], top_k=5)[0]
     status, page = post_form(site.base + "/patentml/suggest", {"abstract": ABSTRACT}, browser_headers(site))
@@ -371,6 +372,11 @@ def test_the_champion_answers_a_pasted_abstract(site: Site) -> None:
     assert suggestions(page) == [(label, f"{score:.3f}", label in expected["labels"])
                                  for label, score in expected["scores"].items()]
     assert suggestions(page)[0][0] == "H04L"  # the network words of the abstract
+    if takes_explain(Predictor):  # once Predictor explains, the page shows why for each label
+        why = re.search(r"<td><b>H04L</b></td>(.*?)</tr>", page, re.S).group(1).rsplit("<td>", 1)[1]
+        assert why.strip() not in ("", "–") and "gives no explanations" not in page
+    else:
+        assert "This model version gives no explanations." in page
     assert ABSTRACT.split(";")[0] in page  # the box keeps the text
     # a bearer token (no browser: nothing sent on its own) needs no Origin
     status, _ = post_form(site.base + "/patentml/suggest", {"abstract": ABSTRACT},

@@ -63,7 +63,7 @@ class ChampionCache:
         return self._key[1] if self._key else None
 
 
-def _takes_explain(predictor: Any) -> bool:
+def takes_explain(predictor: Any) -> bool:
     """Whether this Predictor's ``predict`` accepts ``explain`` (added by the prediction service work)."""
     try:
         params = inspect.signature(predictor.predict).parameters
@@ -75,7 +75,7 @@ def _takes_explain(predictor: Any) -> bool:
 def suggest(predictor: "Predictor", text: str, top_k: int = TOP_K) -> dict[str, Any]:
     """The champion's answer for one abstract: ranked labels with scores, decided ones marked, explanations."""
     started = time.monotonic()
-    if _takes_explain(predictor):
+    if takes_explain(predictor):
         (pred,) = predictor.predict([text], top_k=top_k, explain=True)
     else:
         (pred,) = predictor.predict([text], top_k=top_k)
@@ -161,4 +161,4 @@ def render_explanation(value: Any, depth: int = 0) -> Markup:
     return _scalar(value)
 
 
-__all__ = ["MAX_CHARS", "TOP_K", "ChampionCache", "NoChampion", "render_explanation", "suggest"]
+__all__ = ["MAX_CHARS", "TOP_K", "ChampionCache", "NoChampion", "render_explanation", "suggest", "takes_explain"]
