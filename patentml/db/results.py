@@ -81,8 +81,24 @@ def run_scores(conn: "Connection", run_ids: Sequence[int] | None = None, *, snap
     if latest_per_variant:
         query = query.order_by(RUNS.c.variant, RUNS.c.run_id.desc()).ext(distinct_on(RUNS.c.variant))
     rows = [dict(r._mapping) for r in conn.execute(query)]
-    rows.sort(key=lambda r: (-r["f1"], -r["p_at_1"], r["run_id"]))
+    rows.sort(key=rank_key)
     return rows[:limit] if limit is not None else rows
+
+
+def rank_key(row: dict[str, Any]) -> tuple[float, float, int]:
+    """Best run first: higher F1, then higher P@1, then the older run (the order of every leaderboard)."""
+    return (-row["f1"], -row["p_at_1"], row["run_id"])
+
+
+def rank_order(columns: Any) -> tuple[Any, ...]:
+    """:func:`rank_key` as SQL ``ORDER BY`` terms on a selectable's columns (``f1``, ``p_at_1``, ``run_id``)."""
+    return (columns.f1.desc(), columns.p_at_1.desc(), columns.run_id)
+
+
+def own_rule(table: Any, split: str = "test") -> Any:
+    """The join of ``runs`` to a run's rows of ``table`` (``run_metrics``, ``section_metrics``, an alias of
+    one) on ``split`` under the rule the run chose: how every score of a run is read."""
+    return and_(table.c.run_id == RUNS.c.run_id, table.c.rule == RUNS.c.rule, table.c.split == split)
 
 
 def score_of(row: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +112,7 @@ def recent_runs(conn: "Connection", limit: int = 20, split: str = "test") -> lis
     seconds = func.coalesce(RUNS.c.train_seconds, func.extract("epoch", RUNS.c.finished_at - RUNS.c.started_at))
     query = (select(*[RUNS.c[c] for c in RUN_COLUMNS], RUNS.c.error, seconds.label("seconds"),
                     *[m.c[c] for c in SCORE_COLUMNS if c not in ("predict_seconds",)])
-             .select_from(RUNS.outerjoin(m, and_(m.c.run_id == RUNS.c.run_id, m.c.rule == RUNS.c.rule,
-                                                 m.c.split == split)))
+             .select_from(RUNS.outerjoin(m, own_rule(m, split)))
              .order_by(RUNS.c.started_at.desc(), RUNS.c.run_id.desc()).limit(limit))
     return [dict(r._mapping) for r in conn.execute(query)]
 
