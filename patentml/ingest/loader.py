@@ -234,10 +234,13 @@ def _rollback(raw: Any) -> None:
         raw.rollback()
     except Exception as exc:  # the connection is gone (server restarted): nothing to roll back there
         log.debug("rollback failed: %s", exc)
+        raw.invalidate()  # never handed out again by the pool
 
 
 def _close(raw: Any) -> None:
     try:
+        if getattr(raw.dbapi_connection, "closed", 0):  # psycopg2: non-zero once the server has gone
+            raw.invalidate()
         raw.close()
     except Exception as exc:  # noqa: BLE001 - as above
         log.debug("close failed: %s", exc)
