@@ -62,6 +62,13 @@ class Chunk:
         self.sources.append(source)
         self.size += len(patent) + len(labels) + len(source)
 
+    def sort(self) -> None:
+        """Rows in patent id order: Postgres then inserts into each index page by page, not at random."""
+        order = sorted(range(len(self.records)), key=lambda i: self.records[i].patent_id)
+        for name in ("ordinals", "records", "patents", "labels", "sources"):
+            column = getattr(self, name)
+            setattr(self, name, [column[i] for i in order])
+
 
 @dataclass
 class Tally:
@@ -105,9 +112,11 @@ class ChunkBuilder:
             else:  # pragma: no cover - parsers only yield the three kinds
                 raise TypeError(f"unexpected item {item!r}")
             if chunk.size >= CHUNK_BYTES or len(chunk.records) >= CHUNK_RECORDS:
+                chunk.sort()
                 yield chunk
                 chunk = Chunk()
         if chunk.records or chunk.rejects:
+            chunk.sort()
             yield chunk
 
     def _add_record(self, chunk: Chunk, ordinal: int, record: PatentRecord) -> None:
