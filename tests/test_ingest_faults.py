@@ -217,6 +217,28 @@ def test_an_xml_document_over_the_cap_is_rejected_without_being_held(monkeypatch
     assert items[1].reason == "document larger than 1 MiB; it was not read"  # type: ignore[union-attr]
 
 
+def test_an_overlong_patentsview_line_rejects_its_row_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from patentml.ingest.formats import patentsview as pv
+
+    monkeypatch.setattr(pv, "FIELD_LIMIT", 4096)
+    folder = tmp_path / "pv"
+    shutil.copytree(FORMATS / "patentsview", folder)
+    table = folder / "g_patent_abstract.tsv"
+    lines = table.read_bytes().split(b"\n")
+    lines.insert(2, b'"10000009"\t"' + b"z" * 10_000 + b'"')  # line 3: longer than the limit
+    table.write_bytes(b"\n".join(lines))
+    (unit,) = plan_sources([folder])
+    items = list(iter_items(unit, tmp_dir=tmp_path))
+    (long_row,) = [i for i in items if isinstance(i, RejectedRecord) and "limit" in i.reason]
+    assert long_row.position == "g_patent_abstract.tsv line 3"
+    assert long_row.reason == "not valid TSV: line of 10,013 bytes is longer than the 4,096-byte limit; it was skipped"
+    # The rows after it keep their line numbers: the two-line abstract of US10000004 is still read.
+    (coffee,) = [i for i in items if isinstance(i, PatentRecord) and i.patent_id == "US10000004"]
+    assert coffee.abstract == 'A coffee maker with a "smart" heater\nthat spans two lines.'
+
+
 def test_rejects_per_batch_are_capped_with_a_summary_row(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from patentml.ingest.chunks import MAX_STORED_REJECTS
 
