@@ -6,13 +6,12 @@ import json
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+import orjson
+
 from patentml.ingest.formats._common import parse_date, snippet, split_labels
 from patentml.ingest.ids import canonical_patent_id
 from patentml.ingest.records import SCHEMES, SNIPPET_CHARS, Item, PatentRecord, RejectedRecord, show_dropped
 from patentml.textio import MAX_LINE_BYTES, OverlongLine, iter_lines
-
-
-_raw_decode = json.JSONDecoder().raw_decode
 
 
 def parse_jsonl(stream: BinaryIO, source: str, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Item]:
@@ -29,17 +28,14 @@ def parse_jsonl(stream: BinaryIO, source: str, max_line_bytes: int = MAX_LINE_BY
             continue
         if number == 1:
             raw = raw.removeprefix(b"\xef\xbb\xbf")
-        # The common line: valid UTF-8, an object from its first byte, nothing after it but the
-        # newline. Anything else takes the slow path, which says precisely what is wrong.
+        # The common line is strict JSON in valid UTF-8: orjson parses it at a third of the cost of
+        # json. Anything else (a lone surrogate escape, a huge integer, NaN, broken JSON) takes the
+        # slow path, which reads it as the json module does and says precisely what is wrong.
         try:
-            text = raw.decode("utf-8")
-            obj, end = _raw_decode(text)
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             obj = None
-        else:
-            if type(obj) is not dict or (end != len(text) and not text[end:].isspace()):
-                obj = None
-        if obj is None:
+        if type(obj) is not dict:
             item = _slow_line(raw, source, position)
             if item is not None:
                 yield item
