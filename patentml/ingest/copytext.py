@@ -83,8 +83,7 @@ def new_rows(record: PatentRecord, source_key: str, batch: str) -> tuple[bytes, 
     ``source_key`` comes escaped (it is the same for a whole batch). Raises ``UnicodeEncodeError``
     when a field holds a lone surrogate (it cannot be stored).
     """
-    pid = record.patent_id
-    labels = record.labels
+    pid, labels = record.patent_id, record.labels
     date = record.date.isoformat() if record.date is not None else ""
     text_hash, source_hash = _hashes(record.title, record.abstract, date, labels)
     patent = (
@@ -97,7 +96,7 @@ def new_rows(record: PatentRecord, source_key: str, batch: str) -> tuple[bytes, 
         for i, subclass in enumerate(subclasses):
             rows.append(f"{head}{subclass}\t{subclass[0]}\t{i}\t{'t' if i == 0 else 'f'}\n")
     source = f"{pid}\t{source_key}\t{source_hash}\t{batch}\t{esc(record.position)}\n".encode("utf-8")
-    return patent, "".join(rows).encode("utf-8"), source
+    return patent, "".join(rows).encode("ascii"), source
 
 
 def stage_row(ordinal: int, record: PatentRecord) -> bytes:

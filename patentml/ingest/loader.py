@@ -197,10 +197,11 @@ def load_items(
         cur.execute(staging.STAGE_DDL)
 
         builder = ChunkBuilder(source_key, batch_id)
-        bar = tqdm(items, desc=Path(source).name, unit=" rec", disable=not progress, mininterval=0.5)
+        # Without a bar the items go straight to the producer: a disabled tqdm still wraps each one.
+        bar = tqdm(items, desc=Path(source).name, unit=" rec", mininterval=0.5) if progress else None
         staged_records = False
         with _collector_paused():
-            producer = Producer(builder, bar)
+            producer = Producer(builder, items if bar is None else bar)
             try:
                 for chunk in producer:
                     new = _store_chunk(cur, chunk)
@@ -208,7 +209,8 @@ def load_items(
                     staged_records = staged_records or new < len(chunk.records)
             finally:
                 producer.stop()
-                bar.close()
+                if bar is not None:
+                    bar.close()
 
         _finish(cur, summary, builder, params, staged_records)
         summary.seconds = time.perf_counter() - started

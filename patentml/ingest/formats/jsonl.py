@@ -81,65 +81,58 @@ def record_from_object(obj: dict[str, Any], source: str, position: str, text: st
 
     No ``labels`` (absent, null or an empty list) is a new filing: a record without labels.
     """
-    raw_id = obj.get("id")
-    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+    get = obj.get  # the checks run for every line: each is the cheapest that decides
+    raw_id = get("id")
+    if type(raw_id) is int:
         raw_id = str(raw_id)  # a bare number is a US number written without quotes
-    if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+    if raw_id is None or (type(raw_id) is str and not raw_id.strip()):
         return _reject(source, position, "missing id", text)
     try:
         patent_id = canonical_patent_id(raw_id)
     except ValueError as exc:
         return _reject(source, position, str(exc), text)
 
-    abstract = obj.get("abstract")
-    if "abstract" not in obj:
-        return _reject(source, position, "missing abstract", text, patent_id)
-    if abstract is None:
-        return _reject(source, position, "null abstract", text, patent_id)
-    if not isinstance(abstract, str):
+    abstract = get("abstract")
+    if type(abstract) is not str:
+        if "abstract" not in obj:
+            return _reject(source, position, "missing abstract", text, patent_id)
+        if abstract is None:
+            return _reject(source, position, "null abstract", text, patent_id)
         reason = f"abstract is a JSON {type(abstract).__name__}, not a string"
         return _reject(source, position, reason, text, patent_id)
     abstract = abstract.strip()
     if not abstract:
         return _reject(source, position, "empty abstract", text, patent_id)
 
-    title = obj.get("title")
-    if title is not None and not isinstance(title, str):
-        return _reject(source, position, f"title is a JSON {type(title).__name__}, not a string", text, patent_id)
+    title = get("title")
+    if title is not None:
+        if type(title) is not str:
+            return _reject(source, position, f"title is a JSON {type(title).__name__}, not a string", text, patent_id)
+        title = title.strip() or None
 
-    raw_date = obj.get("date")
+    raw_date = get("date")
     date = None
-    if raw_date not in (None, ""):
+    if raw_date is not None and raw_date != "":
         try:
-            date = parse_date(raw_date) if isinstance(raw_date, str) else parse_date(repr(raw_date))
+            date = parse_date(raw_date) if type(raw_date) is str else parse_date(repr(raw_date))
         except ValueError as exc:
             return _reject(source, position, str(exc), text, patent_id)
 
-    scheme = obj.get("label_scheme") or "CPC"
+    scheme = get("label_scheme") or "CPC"
     if scheme not in SCHEMES:
-        if not isinstance(scheme, str) or scheme.strip().upper() not in SCHEMES:
+        if type(scheme) is not str or scheme.strip().upper() not in SCHEMES:
             reason = f"unknown label_scheme {scheme!r} (expected {' or '.join(SCHEMES)})"
             return _reject(source, position, reason, text, patent_id)
         scheme = scheme.strip().upper()
 
-    raw_labels = obj.get("labels")
+    raw_labels = get("labels")
     labels: list[str] = []
     dropped: list[str] = []
     if raw_labels is not None:
-        if not isinstance(raw_labels, list):
+        if type(raw_labels) is not list:
             reason = f"labels is a JSON {type(raw_labels).__name__}, not a list"
             return _reject(source, position, reason, text, patent_id)
         labels, dropped = split_labels(raw_labels)
         if not labels and dropped:
             return _reject(source, position, f"no valid label (got [{show_dropped(dropped)}])", text, patent_id)
-
-    return PatentRecord(
-        patent_id=patent_id,
-        abstract=abstract,
-        labels={scheme: labels} if labels else {},
-        source=source,
-        position=position,
-        title=(title.strip() or None) if title is not None else None,
-        date=date,
-        dropped=dropped,
-    )
+    return PatentRecord(patent_id, abstract, {scheme: labels} if labels else {}, source, position, title, date, dropped)
