@@ -11,6 +11,7 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from patentml.ingest import copytext
 from patentml.ingest.records import (
@@ -49,25 +50,29 @@ class Chunk:
     rejects: list[bytes] = field(default_factory=list)  # stage rows of rejected input and notes
     size: int = 0
     repeats: bool = False
-    _ids: set[str] = field(default_factory=set)
+    # (patent id, ordinal, record, patents row, labels rows, sources row) while the chunk fills
+    _entries: list[tuple[str, int, PatentRecord, bytes, bytes, bytes]] = field(default_factory=list)
 
     def add(self, ordinal: int, record: PatentRecord, patent: bytes, labels: bytes, source: bytes) -> None:
-        if record.patent_id in self._ids:
-            self.repeats = True
-        self._ids.add(record.patent_id)
-        self.ordinals.append(ordinal)
-        self.records.append(record)
-        self.patents.append(patent)
-        self.labels.append(labels)
-        self.sources.append(source)
+        self._entries.append((record.patent_id, ordinal, record, patent, labels, source))
         self.size += len(patent) + len(labels) + len(source)
 
-    def sort(self) -> None:
-        """Rows in patent id order: Postgres then inserts into each index page by page, not at random."""
-        order = sorted(range(len(self.records)), key=lambda i: self.records[i].patent_id)
-        for name in ("ordinals", "records", "patents", "labels", "sources"):
-            column = getattr(self, name)
-            setattr(self, name, [column[i] for i in order])
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def close(self) -> "Chunk":
+        """The rows in patent id order (Postgres then fills each index page by page, not at random),
+        in aligned lists; repeated ids end up side by side, which is how they are found."""
+        entries = self._entries
+        entries.sort(key=itemgetter(0))
+        self.repeats = any(a[0] == b[0] for a, b in zip(entries, entries[1:]))
+        self.ordinals = [e[1] for e in entries]
+        self.records = [e[2] for e in entries]
+        self.patents = [e[3] for e in entries]
+        self.labels = [e[4] for e in entries]
+        self.sources = [e[5] for e in entries]
+        self._entries = []
+        return self
 
 
 @dataclass
@@ -95,13 +100,31 @@ class ChunkBuilder:
         self.tally = Tally()
 
     def chunks(self, items: Iterable[Item]) -> Iterator[Chunk]:
+        # The loop runs once per record: the common case (a usable record) is tested first and
+        # costs a handful of operations besides rendering its rows.
         chunk = Chunk()
         tally = self.tally
+        key, batch, new_rows = self._key, self._batch, copytext.new_rows
         for item in items:
             tally.read += 1
             ordinal = tally.read
-            if isinstance(item, PatentRecord):
-                self._add_record(chunk, ordinal, item)
+            if type(item) is PatentRecord:
+                try:
+                    patent, labels, source = new_rows(item, key, batch)
+                except UnicodeEncodeError:
+                    # A lone surrogate cannot be stored; the record is rejected, the batch goes on.
+                    tally.rejected += 1
+                    problem = copytext.unicode_problem(item)
+                    self._note(chunk, ordinal, item.position, problem, item.abstract, item.patent_id, True)
+                    continue
+                chunk.add(ordinal, item, patent, labels, source)
+                if not item.labels:
+                    tally.unlabelled += 1
+                if item.dropped:
+                    self._dropped(chunk, ordinal, item)
+                if chunk.size >= CHUNK_BYTES or len(chunk) >= CHUNK_RECORDS:
+                    yield chunk.close()
+                    chunk = Chunk()
             elif isinstance(item, RejectedRecord):
                 tally.rejected += 1
                 if item.ends_source and tally.broke_off is None:
@@ -111,33 +134,16 @@ class ChunkBuilder:
                 tally.skipped += 1
             else:  # pragma: no cover - parsers only yield the three kinds
                 raise TypeError(f"unexpected item {item!r}")
-            if chunk.size >= CHUNK_BYTES or len(chunk.records) >= CHUNK_RECORDS:
-                chunk.sort()
-                yield chunk
-                chunk = Chunk()
-        if chunk.records or chunk.rejects:
-            chunk.sort()
-            yield chunk
+        if len(chunk) or chunk.rejects:
+            yield chunk.close()
 
-    def _add_record(self, chunk: Chunk, ordinal: int, record: PatentRecord) -> None:
-        try:
-            patent, labels, source = copytext.new_rows(record, self._key, self._batch)
-        except UnicodeEncodeError:
-            # A lone surrogate cannot be stored; the record is rejected, the batch goes on.
-            self.tally.rejected += 1
-            problem = copytext.unicode_problem(record)
-            self._note(chunk, ordinal, record.position, problem, record.abstract, record.patent_id, True)
-            return
-        chunk.add(ordinal, record, patent, labels, source)
-        if not record.labels:
-            self.tally.unlabelled += 1
-        if record.dropped:
-            self.tally.labels_dropped += 1
-            reason = (
-                f"dropped labels that are not subclass codes: {show_dropped(record.dropped)} "
-                "(the record is kept with its valid labels)"
-            )
-            self._note(chunk, ordinal, record.position, reason, None, record.patent_id, False)
+    def _dropped(self, chunk: Chunk, ordinal: int, record: PatentRecord) -> None:
+        self.tally.labels_dropped += 1
+        reason = (
+            f"dropped labels that are not subclass codes: {show_dropped(record.dropped)} "
+            "(the record is kept with its valid labels)"
+        )
+        self._note(chunk, ordinal, record.position, reason, None, record.patent_id, False)
 
     def _note(
         self,
