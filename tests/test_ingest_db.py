@@ -129,7 +129,7 @@ def test_truncated_gzip_keeps_rows_before_the_break(engine, tmp_path: Path) -> N
     assert 0 < kept < 2000
     # Not "succeeded": the rest of the file was never read, and the batch says where it broke off.
     assert_batch_matches(engine, summary, "partial", read=kept + 1, stored=kept, rejected=1)
-    assert summary.message.startswith(f"the file broke off at after line {kept}: the file ends early or is corrupt")
+    assert summary.message.startswith(f"the file broke off after line {kept}: the file ends early or is corrupt")
     ((position, reason, patent_id, whole),) = rejected(engine, summary.batch_id)
     assert position == f"after line {kept}" and patent_id is None and whole
     assert reason.startswith("the file ends early or is corrupt (EOFError: Compressed file ended")

@@ -130,11 +130,12 @@ def _finish(
     summary.updated = settled.updated
     summary.rejected = tally.rejected + settled.conflicts
     summary.unchanged = summary.read - summary.stored - summary.updated - summary.rejected - summary.skipped
-    if tally.broke_off is not None:
+    broke = tally.broke_off
+    if broke is not None:
+        # Positions of a break read "after line 41" or "start of file"; others name the record.
+        where = broke.position if broke.position.startswith(("after ", "start ")) else f"at {broke.position}"
         summary.status = "partial"
-        summary.message = clip(
-            f"the file broke off at {tally.broke_off.position}: {tally.broke_off.reason}", REASON_CHARS
-        )
+        summary.message = clip(f"the file broke off {where}: {broke.reason}", REASON_CHARS)
 
 
 @contextmanager
