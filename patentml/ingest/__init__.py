@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from patentml.exceptions import IngestError
 from patentml.ingest.loader import BatchSummary, load_items, record_failure
+from patentml.ingest.records import REASON_CHARS
+from patentml.textio import clip
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -67,8 +69,9 @@ def ingest(
     summaries = []
     for unit in plan:
         if unit.error is not None:
-            batch_id = record_failure(engine, None, unit.name, unit.format, unit.error)
-            summary = BatchSummary(batch_id or 0, unit.name, unit.format, status="failed", message=unit.error)
+            message = clip(unit.error, REASON_CHARS)
+            batch_id = record_failure(engine, None, unit.name, unit.format, message)
+            summary = BatchSummary(batch_id or 0, unit.name, unit.format, status="failed", message=message)
         else:
             options = {"tmp_dir": work_dir} if unit.format == "patentsview" else {}
             summary = load_items(

@@ -274,7 +274,7 @@ def record_failure(
         raw = engine.raw_connection()
         try:
             cur = raw.cursor()
-            cur.execute(sql, (batch_id, source, fmt[:32], seconds, message))
+            cur.execute(sql, (batch_id, source, fmt[:32], seconds, clip(message, REASON_CHARS)))
             written = cur.fetchone()[0]
             raw.commit()
             return int(written)
