@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/ingest.py                 # the shared JSONL files at 1x and 4x
     .venv/bin/python benchmarks/ingest.py --scales 1 4 16 --repeat 5
-    .venv/bin/python benchmarks/ingest.py --without-fks   # what the foreign-key checks cost
+    .venv/bin/python benchmarks/ingest.py --scale 100     # ~2M rows (USPTO-2M size), once each
 
 For each input size it measures, each in a fresh database and a fresh child process (so the peak
 memory of one measurement is not the high-water mark of another), the fastest of ``--repeat`` runs:
 
-* ``patentml ingest``: ``patentml.ingest.ingest()`` on the files (parse, canonical ids, labels, COPY
-  into staging, dedupe, upsert into the indexed ``patents``/``patent_labels``/``patent_sources``);
+* ``patentml ingest``: ``patentml.ingest.ingest()`` on the files (parse, canonical ids, labels,
+  content hashes; new patents copied into the indexed ``patents``/``patent_labels``/``patent_sources``,
+  the rest staged, deduplicated and upserted; one transaction per file);
 * plain COPY: the same JSONL lines read, ``json.loads``-ed, written as COPY text and copied into an
   unindexed table with the same columns. Nothing can load these rows much faster from Python.
 
@@ -17,7 +18,8 @@ k * 10^9 to the patent number), so the 4x corpus has exactly 4x the distinct pat
 The database is ``PATENTML_DATABASE_URL`` when set (its user must be allowed to CREATE DATABASE),
 else an embedded Postgres started in a temporary folder and stopped at the end. Besides wall-clock
 rates it prints CPU seconds (client + server, embedded server only), which a busy machine inflates
-far less than wall time; and the tracemalloc peak of the Python heap, from a separate run.
+far less than wall time; and the tracemalloc peak of the Python heap, from a separate run. Last,
+each size next to its limit (``RATIO_LIMIT``, and ``RSS_LIMIT_MB`` at the 2M-row size).
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 CHUNK_ROWS = 5000
+
+#: What ingest must reach (issue 13): this share of a plain COPY's rate at every size, and a peak
+#: resident memory under this many MB for a corpus of USPTO-2M size (2M rows).
+RATIO_LIMIT = 0.5
+RSS_LIMIT_MB = 1024
+RSS_LIMIT_ROWS = 2_000_000
 
 PLAIN_DDL = """
 CREATE TABLE plain_copy (
@@ -240,22 +248,7 @@ def _admin(url: str, sql: str) -> None:
     conn.close()
 
 
-#: Foreign keys checked for every row ingest writes (by per-row triggers); ``--without-fks`` drops
-#: them in the benchmark database to show what they cost.
-_DROP_FKS = """
-DO $$
-DECLARE c record;
-BEGIN
-    FOR c IN SELECT conrelid::regclass AS tbl, conname FROM pg_constraint
-             WHERE contype = 'f' AND conrelid::regclass::text IN ('patents', 'patent_labels', 'patent_sources')
-    LOOP
-        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.tbl, c.conname);
-    END LOOP;
-END $$
-"""
-
-
-def fresh_database(admin_url: str, mode: str, without_fks: bool = False) -> str:
+def fresh_database(admin_url: str, mode: str) -> str:
     import psycopg2
 
     name = f"bench_{mode}_{uuid.uuid4().hex[:8]}"
@@ -269,12 +262,6 @@ def fresh_database(admin_url: str, mode: str, without_fks: bool = False) -> str:
         engine = create_engine("postgresql+psycopg2://" + url.split("://", 1)[1])
         upgrade(engine)
         engine.dispose()
-        if without_fks:
-            conn = psycopg2.connect(url)
-            with conn.cursor() as cur:
-                cur.execute(_DROP_FKS)
-            conn.commit()
-            conn.close()
     else:
         conn = psycopg2.connect(url)
         with conn.cursor() as cur:
@@ -284,11 +271,9 @@ def fresh_database(admin_url: str, mode: str, without_fks: bool = False) -> str:
     return url
 
 
-def measure(
-    admin_url: str, mode: str, files: list[Path], pg_dir: Path | None, without_fks: bool = False
-) -> dict[str, object]:
+def measure(admin_url: str, mode: str, files: list[Path], pg_dir: Path | None) -> dict[str, object]:
     """One measurement in a fresh database and a fresh process; ``mode`` is ingest, trace or plain."""
-    url = fresh_database(admin_url, "plain" if mode == "plain" else "ingest", without_fks)
+    url = fresh_database(admin_url, "plain" if mode == "plain" else "ingest")
     try:
         server_before = server_cpu_seconds(pg_dir)
         proc = subprocess.run(
@@ -318,7 +303,7 @@ def _cpu_text(result: dict[str, object]) -> str:
 
 
 def run(admin_url: str, sources: list[Path], scales: list[int], repeat: int, workdir: Path,
-        pg_dir: Path | None, trace: bool, without_fks: bool = False) -> list[dict[str, object]]:
+        pg_dir: Path | None, trace: bool) -> list[dict[str, object]]:
     header = (
         f"{'input':>5} {'MB':>6} {'records':>8} {'ingest s':>8} {'rows/s':>7} {'COPY s':>6} "
         f"{'COPY rows/s':>11} {'ratio':>5} {'RSS MB':>6} {'COPY RSS':>8} {'Py peak MB':>10} "
@@ -332,12 +317,12 @@ def run(admin_url: str, sources: list[Path], scales: list[int], repeat: int, wor
         best: dict[str, dict[str, object]] = {}
         for _ in range(repeat):
             for mode in ("ingest", "plain"):
-                result = measure(admin_url, mode, files, pg_dir, without_fks)
+                result = measure(admin_url, mode, files, pg_dir)
                 if mode not in best or result["seconds"] < best[mode]["seconds"]:  # type: ignore[operator]
                     best[mode] = result
         ing, plain = best["ingest"], best["plain"]
         # tracemalloc slows Python down: its own run, for the memory column only.
-        py_peak = measure(admin_url, "trace", files, pg_dir, without_fks)["py_peak_mb"] if trace else None
+        py_peak = measure(admin_url, "trace", files, pg_dir)["py_peak_mb"] if trace else None
         rate = ing["records"] / ing["seconds"]  # type: ignore[operator]
         plain_rate = plain["records"] / plain["seconds"]  # type: ignore[operator]
         cpu_ratio = (
@@ -350,7 +335,8 @@ def run(admin_url: str, sources: list[Path], scales: list[int], repeat: int, wor
             f"{_cpu_text(ing):>6} {_cpu_text(plain):>10} {cpu_ratio:>9}",
             flush=True,
         )
-        rows.append({"scale": scale, "ingest": ing, "plain": plain, "py_peak_mb": py_peak})
+        rows.append({"scale": scale, "ingest": ing, "plain": plain, "py_peak_mb": py_peak, "ratio": rate / plain_rate})
+    print_limits(rows)
     print(
         "\nratio = ingest rows/s / plain COPY rows/s (wall clock, fastest of the repeats); RSS = peak resident\n"
         "memory of the measuring process; Py peak = tracemalloc peak of the Python heap during ingest();\n"
@@ -359,20 +345,36 @@ def run(admin_url: str, sources: list[Path], scales: list[int], repeat: int, wor
     return rows
 
 
+def print_limits(rows: list[dict[str, object]]) -> None:
+    """Each measurement next to its limit: the rate ratio at every size, peak RSS at the 2M-row size."""
+    print()
+    for row in rows:
+        ing = row["ingest"]
+        ratio = float(row["ratio"])  # type: ignore[arg-type]
+        verdict = "meets" if ratio >= RATIO_LIMIT else "MISSES"
+        line = (f"{row['scale']}x: ingest {ing['records']:,} rows at {ratio:.0%} of plain COPY "  # type: ignore[index]
+                f"({verdict} the limit of {RATIO_LIMIT:.0%})")
+        if int(ing["records"]) >= RSS_LIMIT_ROWS * 0.95:  # type: ignore[index,call-overload]
+            rss = float(ing["peak_rss_mb"])  # type: ignore[index,arg-type]
+            verdict = "meets" if rss < RSS_LIMIT_MB else "MISSES"
+            line += f"; peak RSS {rss:,.0f} MB ({verdict} the limit of {RSS_LIMIT_MB:,} MB at 2M rows)"
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4], help="input sizes (default 1 4)")
+    parser.add_argument("--scale", type=int, help="one size, measured once (100: about 2M rows, USPTO-2M's size)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest counts")
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="folder of the JSONL files")
     parser.add_argument("--no-trace", action="store_true", help="skip the tracemalloc run (Py peak MB)")
     parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
-    parser.add_argument("--without-fks", action="store_true",
-                        help="an experiment: drop the foreign keys of patents, patent_labels and patent_sources "
-                             "in the benchmark databases, to see what their per-row checks cost")
     parser.add_argument("--child", choices=["ingest", "trace", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale:
+        args.scales, args.repeat, args.no_trace = [args.scale], 1, True
 
     if args.child == "plain":
         print(json.dumps(child_plain(args.url, args.files)))
@@ -386,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no *.jsonl files in {args.data}", file=sys.stderr)
         return 1
     print(f"input: {', '.join(s.name for s in sources)}; {os.cpu_count()} CPUs; fastest of {args.repeat}; "
-          f"load average {os.getloadavg()[0]:.1f}" + ("; WITHOUT the ingest foreign keys" if args.without_fks else ""))
+          f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="patentml-bench-") as tmp:
         workdir = Path(tmp)
         configured = os.environ.get("PATENTML_DATABASE_URL")
@@ -394,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             from patentml.db.engine import libpq_url
 
             print("database: PATENTML_DATABASE_URL")
-            rows = run(libpq_url(configured), sources, args.scales, args.repeat, workdir, None, not args.no_trace,
-                       args.without_fks)
+            rows = run(libpq_url(configured), sources, args.scales, args.repeat, workdir, None, not args.no_trace)
         else:
             from patentml.db import embedded
 
@@ -403,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
             admin = embedded.server_uri(pg_dir, database="postgres")
             print(f"database: embedded Postgres in {pg_dir}")
             try:
-                rows = run(admin, sources, args.scales, args.repeat, workdir, pg_dir, not args.no_trace,
-                           args.without_fks)
+                rows = run(admin, sources, args.scales, args.repeat, workdir, pg_dir, not args.no_trace)
             finally:
                 embedded.stop(pg_dir)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -101,6 +101,11 @@ class Settings:
         return self.home / "cache"
 
     @property
+    def tmp_dir(self) -> Path:
+        """Scratch files (PatentsView sort runs): under ``home``, not the system temporary folder."""
+        return self.home / "tmp"
+
+    @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
 

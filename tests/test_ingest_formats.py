@@ -75,7 +75,7 @@ JSONL_EXPECTED = [
     ("ok", "line 14", "USD512345", {"CPC": ["A47C"]}, []),
     ("rejected", "line 15", "US8926518", "unknown label_scheme 'ECLA' (expected CPC or IPC)"),
     ("rejected", "line 16", None, "expected a JSON object, got a JSON list"),
-    ("rejected", "line 17", "US8926520", "no valid label (the list is empty)"),
+    ("ok", "line 17", "US8926520", {}, []),  # "labels": [] is a new filing: stored unlabelled
     (
         "rejected",
         "line 18",
@@ -108,9 +108,10 @@ def test_jsonl_rejects_keep_a_snippet_of_the_line() -> None:
     assert broken.snippet == '{"id": "US8926512", "abstract": "this line is cut off'
     assert isinstance(not_utf8, RejectedRecord)
     assert not_utf8.snippet == '{"id": "US8926513", "abstract": "Caf\ufffd cr\ufffdme maker.", "labels": ["A47J"]}'
-    long_line = json.dumps({"id": "US1", "abstract": "x" * 500, "labels": []})
+    long_line = json.dumps({"id": "US1", "abstract": "x" * 500, "labels": "A01B"})
     (item,) = parse_stream("jsonl", io.BytesIO(long_line.encode()), "mem")
-    assert isinstance(item, RejectedRecord) and item.snippet == long_line[:200]
+    assert isinstance(item, RejectedRecord) and item.reason == "labels is a JSON str, not a list"
+    assert item.snippet == long_line[:300]
 
 
 def test_gzip_and_zip_are_read_transparently(tmp_path: Path) -> None:
@@ -217,7 +218,8 @@ def test_uspto2m_broken_array_keeps_what_parsed() -> None:
     assert len(items) == 3 and isinstance(last, RejectedRecord)
     assert last.position == "record 3"
     assert last.reason.startswith("broken JSON array after record 2: ")
-    assert last.reason.endswith("; the records before it were kept")
+    assert last.reason.endswith("; the records before it were kept, the rest of the file was not read")
+    assert last.ends_source
 
 
 def test_uspto2m_not_an_array() -> None:
@@ -326,7 +328,7 @@ PATENTSVIEW_EXPECTED = [
     ("ok", "g_patent.tsv line 3", "US10000000", {"CPC": ["G01S", "H04N"]}, []),
     ("rejected", "g_patent.tsv line 4", "US10000001", "no abstract in g_patent_abstract.tsv"),
     ("ok", "g_patent.tsv line 2", "US10000002", {"CPC": ["H04L", "G06F", "H04W"]}, []),
-    ("rejected", "g_patent.tsv line 6", "US10000003", "no CPC subclass in g_cpc_current.tsv"),
+    ("ok", "g_patent.tsv line 6", "US10000003", {}, []),  # no g_cpc_current row: not classified yet
     ("ok", "g_patent.tsv line 7", "US10000004", {"CPC": ["A47J"]}, ["Q 99 Z Q99Z1/00"]),
     ("rejected", "g_patent.tsv line 5", "USD830000", "no abstract in g_patent_abstract.tsv (design patent)"),
     ("ok", "g_patent.tsv line 8", "USRE46999", {"CPC": ["F16B"]}, []),
@@ -422,7 +424,10 @@ def test_patentsview_truncated_table_keeps_rows_before_the_break(tmp_path: Path)
     missing = [i for i in items[1:] if isinstance(i, RejectedRecord)]
     assert records and missing and len(records) + len(missing) == 3000
     assert records[0].labels == {"CPC": ["A01B", "B65D"]}
-    assert {m.reason for m in missing} == {"no CPC subclass in g_cpc_current.tsv"}
+    # The patents whose rows may lie beyond the break are not taken for unclassified ones.
+    assert {m.reason for m in missing} == {
+        "no CPC subclass read: g_cpc_current.tsv was not read to its end, so the labels are unknown"
+    }
 
 
 def _peak_bytes(run: object) -> int:
@@ -625,8 +630,8 @@ def test_fixture_folder_plans_every_format() -> None:
         "broken_USPTO.json": (2, 1, 0),
         "ipa180104.xml": (1, 0, 0),
         "ipg180102.xml": (3, 3, 1),
-        "patentsview": (4, 4, 2),
-        "records.jsonl": (4, 12, 0),
+        "patentsview": (5, 3, 2),
+        "records.jsonl": (5, 11, 0),
     }
 
 

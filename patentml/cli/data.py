@@ -91,23 +91,15 @@ def cmd_db_status(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from patentml.ingest import ingest
+    from patentml.ingest.status import summary_lines
 
-    engine = _engine(args)
-    summaries = ingest(engine, args.sources, fmt=args.format, progress=not args.quiet)
-    total: dict[str, float] = {}
-    for s in summaries:
-        print(s.line())
-        for key in ("read", "stored", "updated", "unchanged", "rejected", "skipped", "seconds"):
-            total[key] = total.get(key, 0) + getattr(s, key)
-    if len(summaries) > 1:
-        rate = total["read"] / total["seconds"] if total["seconds"] else 0.0
-        print(
-            f"total: read {total['read']:.0f}, stored {total['stored']:.0f}, updated {total['updated']:.0f}, "
-            f"unchanged {total['unchanged']:.0f}, rejected {total['rejected']:.0f}, "
-            f"skipped {total['skipped']:.0f} in {total['seconds']:.1f} s ({rate:,.0f} records/s)"
-        )
+    summaries = ingest(_engine(args), args.sources, fmt=args.format, progress=not args.quiet, strict=False)
+    print("\n".join(summary_lines(summaries)))
     if args.json:
         print(json.dumps([s.as_dict() for s in summaries]))
+    if not all(s.ok for s in summaries):  # every other source was ingested; the status says some were not
+        print("patentml: error: some sources failed or were read only in part (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

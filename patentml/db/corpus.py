@@ -12,11 +12,15 @@ if TYPE_CHECKING:
 #: What ``db status`` and the UI count, in display order (name -> SQL).
 COUNTS = {
     "patents": "SELECT count(*) FROM patents",
+    # unlabelled patents are new filings: stored and scored, in no split
+    "unlabelled patents": ("SELECT count(*) FROM patents p WHERE NOT EXISTS "
+                           "(SELECT 1 FROM patent_labels l WHERE l.patent_id = p.patent_id)"),
     "CPC labels": "SELECT count(*) FROM patent_labels WHERE scheme = 'CPC'",
     "IPC labels": "SELECT count(*) FROM patent_labels WHERE scheme = 'IPC'",
     "patents with CPC": "SELECT count(DISTINCT patent_id) FROM patent_labels WHERE scheme = 'CPC'",
     "patents with IPC": "SELECT count(DISTINCT patent_id) FROM patent_labels WHERE scheme = 'IPC'",
     "ingest batches": "SELECT count(*) FROM ingest_batches",
+    "failed batches": "SELECT count(*) FROM ingest_batches WHERE status IN ('failed', 'partial')",
     "rejected records": "SELECT count(*) FROM rejected_records WHERE whole",
     "training runs": "SELECT count(*) FROM runs",
 }

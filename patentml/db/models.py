@@ -45,6 +45,10 @@ def _now() -> Any:
 
 # --- corpus -------------------------------------------------------------------------------------
 
+#: What an ingest batch can end as: ``partial`` when its file broke off (the records before the
+#: break are stored), ``failed`` when nothing of it was stored (the row says why in ``message``).
+BATCH_STATUSES = ("running", "succeeded", "partial", "failed")
+
 
 class IngestBatch(Base):
     """One source file ingested: what was read and what happened to it."""
@@ -64,11 +68,13 @@ class IngestBatch(Base):
     n_rejected: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     n_skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     n_labels_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Records without labels (new filings), whether stored now or already there.
+    n_unlabelled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     seconds: Mapped[float | None] = mapped_column(Float)
     message: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="status"),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in BATCH_STATUSES)})", name="status"),
     )
 
 
@@ -92,17 +98,23 @@ class Patent(Base):
     last_batch_id: Mapped[int | None] = mapped_column(Integer)
 
 
+# Labels and sources carry no foreign key to patents: the loader writes them in the transaction that
+# writes the patent and PatentML never deletes a patent, while a per-row check cost about a third of
+# a bulk load (measured, benchmarks/ingest.py). Deleting a patent by hand means deleting its rows here.
+# For the same reason patent_labels has no index by subclass: nothing looks labels up that way.
+
+
 class PatentSource(Base):
     """What each source last said about a patent: re-reading the same content is a no-op."""
 
     __tablename__ = "patent_sources"
 
-    patent_id: Mapped[str] = mapped_column(
-        ForeignKey("patents.patent_id", ondelete="CASCADE"), primary_key=True
-    )
+    patent_id: Mapped[str] = mapped_column(Text, primary_key=True)
     source: Mapped[str] = mapped_column(Text, primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64))
     batch_id: Mapped[int] = mapped_column(Integer)  # bookkeeping (see Patent.first_batch_id)
+    #: Where in that source the record was (``line 12``) when its content was last stored.
+    position: Mapped[str | None] = mapped_column(Text)
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
@@ -111,9 +123,7 @@ class PatentLabel(Base):
 
     __tablename__ = "patent_labels"
 
-    patent_id: Mapped[str] = mapped_column(
-        ForeignKey("patents.patent_id", ondelete="CASCADE"), primary_key=True
-    )
+    patent_id: Mapped[str] = mapped_column(Text, primary_key=True)
     scheme: Mapped[str] = mapped_column(String(3), primary_key=True)
     subclass: Mapped[str] = mapped_column(String(4), primary_key=True)
     section: Mapped[str] = mapped_column(String(1))
@@ -123,7 +133,6 @@ class PatentLabel(Base):
     __table_args__ = (
         CheckConstraint("scheme IN ('CPC', 'IPC')", name="scheme"),
         CheckConstraint("subclass ~ '^[A-HY][0-9]{2}[A-Z]$'", name="subclass"),
-        Index("ix_patent_labels_subclass", "subclass", "scheme"),
     )
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from patentml.textio import clip
 
 #: Kind prefixes that are part of a US patent number (design, plant, reissue, SIR, defensive publication).
 KIND_PREFIXES = ("D", "PP", "RE", "H", "T")
@@ -19,6 +22,16 @@ _KIND_CODE = r"(?:[A-Z][0-9]?)?"
 _BARE = re.compile(rf"^(?P<kind>{_KIND})?(?P<number>[0-9]+){_KIND_CODE}$")
 _WITH_COUNTRY = re.compile(rf"^(?P<country>[A-Z]{{2}})(?P<kind>{_KIND})?(?P<number>[0-9]+){_KIND_CODE}$")
 
+#: Longest id text looked at, and most digits in a number: real ids are far shorter (an application
+#: publication number has 11 digits), so a longer one is an error, not something to store and index.
+MAX_ID_CHARS = 40
+MAX_ID_DIGITS = 15
+#: Longest label value looked at (``H04L 29/06 (2006.01)`` is 20 characters).
+MAX_LABEL_CHARS = 64
+# The common case, already canonical, tried before the general rules. Only "US": without a country a
+# leading "PP" or "RE" is a kind prefix, which the general rules handle.
+_CANONICAL = re.compile(rf"{DEFAULT_COUNTRY}(?:{_KIND})?[1-9][0-9]{{0,{MAX_ID_DIGITS - 1}}}")
+
 _SUBCLASS = re.compile(r"^[A-HY][0-9]{2}[A-Z]$")
 # After the subclass only a group part may follow: "29/06", "0029060000", "20/00 (2006.01)".
 _LABEL = re.compile(r"^(?P<subclass>[A-HY][0-9]{2}[A-Z])(?P<rest>[0-9\s/.:]*(?:\([^)]*\))?)$")
@@ -30,7 +43,14 @@ def canonical_patent_id(raw: str) -> str:
     Raises ``ValueError`` saying what was expected when ``raw`` is not a patent number.
     """
     if not isinstance(raw, str):
-        raise ValueError(f"unusable patent id {raw!r}: expected a string such as 'US8926509'")
+        raise ValueError(f"unusable patent id {clip(repr(raw), MAX_ID_CHARS)}: expected a string such as 'US8926509'")
+    if _CANONICAL.fullmatch(raw):
+        return raw
+    if len(raw) > MAX_ID_CHARS:
+        raise ValueError(
+            f"unusable patent id {clip(repr(raw), MAX_ID_CHARS)}: {len(raw):,} characters, "
+            f"longer than any patent number (at most {MAX_ID_CHARS})"
+        )
     text = _SEPARATORS.sub("", raw).upper()
     if not text:
         raise ValueError("empty patent id")
@@ -43,14 +63,24 @@ def canonical_patent_id(raw: str) -> str:
     number = match["number"].lstrip("0")
     if not number:
         raise ValueError(f"unusable patent id {raw!r}: the number is zero")
+    if len(number) > MAX_ID_DIGITS:
+        raise ValueError(
+            f"unusable patent id {raw!r}: {len(number)} digits, more than any patent number (at most {MAX_ID_DIGITS})"
+        )
     country = match.groupdict().get("country") or DEFAULT_COUNTRY
     return f"{country}{match['kind'] or ''}{number}"
 
 
 def normalise_label(raw: str) -> str | None:
     """The subclass (``H04L``) of ``h04l``, ``H04L 29/06``, ``H04L0029060000``...; None if it is not a label."""
-    if not isinstance(raw, str):
+    if not isinstance(raw, str) or len(raw) > MAX_LABEL_CHARS:
         return None
+    return _normalise_label(raw)
+
+
+@lru_cache(maxsize=8192)
+def _normalise_label(raw: str) -> str | None:
+    # A corpus repeats a few thousand label spellings millions of times: worth a cache.
     match = _LABEL.match(raw.strip().upper())
     return match["subclass"] if match else None
 

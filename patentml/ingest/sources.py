@@ -88,11 +88,14 @@ class SourceUnit:
 
     ``name`` is what the loader records as the batch source. For ``patentsview`` the streams are
     ``(g_patent, g_patent_abstract, g_cpc_current)`` in that order and ``name`` is their folder.
+    ``error`` says why a source cannot be read at all (unreadable, format unknown): such a unit
+    has no streams and becomes a ``failed`` batch while the other sources go on.
     """
 
     format: str
     name: str
     streams: tuple[StreamRef, ...]
+    error: str | None = None
 
 
 def strip_compression(name: str) -> str:
@@ -265,20 +268,39 @@ def patentsview_role(ref: StreamRef, head_bytes: bytes) -> str | None:
     return None
 
 
-def plan_sources(specs: Sequence[str | Path], forced_format: str | None = None) -> list[SourceUnit]:
+def plan_sources(
+    specs: Sequence[str | Path], forced_format: str | None = None, keep_going: bool = False
+) -> list[SourceUnit]:
     """Expand ``specs`` and detect each stream's format (or use ``forced_format``): the batches to run, in order.
 
-    PatentsView tables are grouped by folder into one unit; a folder lacking one of the three
-    joined tables raises ``IngestError`` naming what is missing.
+    PatentsView tables are grouped by folder into one unit. A source that cannot be read or
+    recognised (or a PatentsView folder lacking a table) raises ``IngestError`` naming it, or with
+    ``keep_going`` becomes a unit whose ``error`` says so. A spec matching no file always raises.
     """
     if forced_format is not None and forced_format not in FORMATS:
         raise IngestError(f"unknown format {forced_format!r}; choose one of {', '.join(FORMATS)}")
     units: list[SourceUnit | Path] = []  # a Path stands for the PatentsView group of that folder
     groups: dict[Path, dict[str, StreamRef]] = {}
+    group_errors: dict[Path, str] = {}
+
+    def failed(exc: IngestError, name: str) -> None:
+        if not keep_going:
+            raise exc
+        units.append(SourceUnit(forced_format or "unknown", name, (), error=str(exc)))
+
     for path in expand_sources(specs):
-        for ref in list_streams(path):
-            head = read_head(ref)
-            fmt = forced_format or detect_format(ref, head)
+        try:
+            refs = list_streams(path)
+        except IngestError as exc:
+            failed(exc, str(path))
+            continue
+        for ref in refs:
+            try:
+                head = read_head(ref)
+                fmt = forced_format or detect_format(ref, head)
+            except IngestError as exc:
+                failed(exc, ref.name)
+                continue
             if fmt != "patentsview":
                 units.append(SourceUnit(fmt, ref.name, (ref,)))
                 continue
@@ -289,12 +311,13 @@ def plan_sources(specs: Sequence[str | Path], forced_format: str | None = None) 
                 continue
             folder = ref.path.parent
             group = groups.setdefault(folder, {})
-            if not group:
+            if not group and folder not in group_errors:
                 units.append(folder)
             if role in group and group[role] != ref:
-                raise IngestError(
+                group_errors.setdefault(
+                    folder,
                     f"PatentsView folder {folder} has two {PATENTSVIEW_TABLES[role]} tables: "
-                    f"{group[role].name} and {ref.name}; keep one"
+                    f"{group[role].name} and {ref.name}; keep one",
                 )
             group[role] = ref
     plan: list[SourceUnit] = []
@@ -305,10 +328,16 @@ def plan_sources(specs: Sequence[str | Path], forced_format: str | None = None) 
         group = groups[unit]
         missing = [table for role, table in PATENTSVIEW_TABLES.items() if role not in group]
         if missing:
-            raise IngestError(
+            group_errors.setdefault(
+                unit,
                 f"PatentsView folder {unit} lacks {', '.join(missing)}: g_patent.tsv, "
                 "g_patent_abstract.tsv and g_cpc_current.tsv are joined on patent_id and must be "
-                "given together (pass their folder)"
+                "given together (pass their folder)",
             )
+        if unit in group_errors:
+            if not keep_going:
+                raise IngestError(group_errors[unit])
+            plan.append(SourceUnit("patentsview", str(unit), (), error=group_errors[unit]))
+            continue
         plan.append(SourceUnit("patentsview", str(unit), tuple(group[role] for role in PATENTSVIEW_TABLES)))
     return plan

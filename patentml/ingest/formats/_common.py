@@ -8,12 +8,11 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 
-from patentml.ingest.ids import normalise_label
-from patentml.ingest.records import Item, RejectedRecord
-
-#: Characters of the offending input kept with a rejected record.
-SNIPPET_CHARS = 200
+from patentml.ingest.ids import MAX_LABEL_CHARS, normalise_label
+from patentml.ingest.records import SNIPPET_CHARS, Item, RejectedRecord
+from patentml.textio import clip
 
 #: What a stream raises when the compressed file ends early or is corrupt mid-way.
 TRUNCATION_ERRORS: tuple[type[BaseException], ...] = (
@@ -42,17 +41,36 @@ def split_labels(raw_labels: Iterable[object]) -> tuple[list[str], list[str]]:
     """Subclasses of ``raw_labels`` in source order without repeats, and the raw values that are not labels."""
     labels: list[str] = []
     dropped: list[str] = []
+    known = _KNOWN
     for raw in raw_labels:
-        subclass = normalise_label(raw) if isinstance(raw, str) else None
+        subclass = known.get(raw) if type(raw) is str else None
         if subclass is None:
-            dropped.append(raw if isinstance(raw, str) else repr(raw))
-        elif subclass not in labels:
+            subclass = normalise_label(raw) if isinstance(raw, str) else None
+            if subclass is None:
+                dropped.append(raw if isinstance(raw, str) else repr(raw))
+                continue
+            if len(known) < _KNOWN_MAX and len(raw) <= MAX_LABEL_CHARS:  # type: ignore[arg-type]
+                known[raw] = subclass  # type: ignore[index]
+        if subclass not in labels:
             labels.append(subclass)
     return labels, dropped
 
 
+# Label spellings seen, with their subclass: a corpus repeats a few thousand of them millions of
+# times, and a dict lookup is the cheapest test there is. Bounded, and only short spellings.
+_KNOWN: dict[str, str] = {}
+_KNOWN_MAX = 100_000
+
+
 def parse_date(value: str) -> dt.date:
     """A date written ``YYYY-MM-DD`` or ``YYYYMMDD``; ``ValueError`` for anything else or an impossible day."""
+    if len(value) > 32:
+        raise ValueError(f"bad date {clip(value, 32)!r}: expected YYYY-MM-DD")
+    return _parse_date(value)
+
+
+@lru_cache(maxsize=4096)  # a weekly file has one date: parsing it once per record is waste
+def _parse_date(value: str) -> dt.date:
     text = value.strip()
     if _COMPACT_DATE.fullmatch(text):
         text = f"{text[:4]}-{text[4:6]}-{text[6:]}"
@@ -73,6 +91,7 @@ def truncation_reject(source: str, after: str | None, exc: BaseException) -> Rej
             f"the file ends early or is corrupt ({type(exc).__name__}: {exc}); "
             "records before this point were kept, the rest of the file was not read"
         ),
+        ends_source=True,
     )
 
 

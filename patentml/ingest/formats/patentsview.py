@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import heapq
-import io
 import os
 import pickle
 import re
@@ -13,13 +12,20 @@ from collections.abc import Iterable, Iterator
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from patentml.exceptions import IngestError
-from patentml.ingest.formats._common import TRUNCATION_ERRORS, parse_date, snippet, split_labels, truncation_reject
+from patentml.ingest.formats._common import (
+    TRUNCATION_ERRORS,
+    parse_date,
+    snippet,
+    split_labels,
+    truncation_reject,
+)
 from patentml.ingest.ids import canonical_patent_id, normalise_label
-from patentml.ingest.records import Item, PatentRecord, RejectedRecord, SkippedRecord
+from patentml.ingest.records import Item, PatentRecord, RejectedRecord, SkippedRecord, show_dropped
 from patentml.ingest.sources import StreamRef, list_streams
+from patentml.textio import MAX_LINE_BYTES, OverlongLine, iter_lines
 
 #: Memory (estimated from object sizes) held per table while sorting, and again while merging.
 CHUNK_BYTES = 64 << 20
@@ -27,8 +33,9 @@ CHUNK_BYTES = 64 << 20
 MAX_RUNS = 128
 #: Smallest block of rows pickled together in a run file (one pickle per row would be slow).
 MIN_BLOCK_BYTES = 4096
-#: Largest field we read: abstracts are far below it, but csv's default of 128 KiB is not safe.
-FIELD_LIMIT = 64 << 20
+#: Largest field and line we read: abstracts are far below it, but csv's default of 128 KiB is not
+#: safe; a longer line is rejected without being held whole.
+FIELD_LIMIT = MAX_LINE_BYTES
 
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
 
@@ -39,17 +46,44 @@ _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by
 Row = tuple[Any, ...]
 
 
+class _Lines:
+    """Decoded lines for ``csv.reader``, each at most ``FIELD_LIMIT`` bytes; ``number`` counts them all.
+
+    An overlong line raises ``csv.Error`` from ``__next__`` (the reader passes it on and can be
+    called again), so it rejects its row like any malformed one.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._lines = iter_lines(stream, FIELD_LIMIT)
+        self.number = 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        self.number += 1
+        if isinstance(raw, OverlongLine):
+            raise csv.Error(raw.describe(FIELD_LIMIT))
+        # surrogateescape: an undecodable byte rejects its row instead of stopping the file.
+        return raw.decode("utf-8", "surrogateescape")
+
+
 class _Spool:
     """Items set aside while sorting (rejected rows), kept on disk so a bad file cannot fill memory."""
 
     def __init__(self, folder: str) -> None:
         self._file = tempfile.TemporaryFile(dir=folder)
         self.count = 0
+        #: Tables that were not read to their end (truncated, empty, lacking a column).
+        self.broken: set[str] = set()
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, table: str | None = None) -> None:
         # One pickle per item: a shared Pickler/Unpickler memo would keep every item alive.
         pickle.dump(item, self._file, protocol=pickle.HIGHEST_PROTOCOL)
         self.count += 1
+        if isinstance(item, RejectedRecord) and item.ends_source and table is not None:
+            self.broken.add(table)
 
     def read(self) -> Iterator[Item]:
         self._file.flush()
@@ -76,12 +110,14 @@ def _read_table(
     last: str | None = None
     try:
         with ref.open() as stream:
-            # surrogateescape: an undecodable byte rejects its row instead of stopping the file.
-            text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
-            reader = csv.reader(text, delimiter="\t", quotechar='"')
+            lines = _Lines(stream)
+            reader = csv.reader(lines, delimiter="\t", quotechar='"')
             header = next(reader, None)
             if header is None:
-                rejects.add(RejectedRecord(source, f"{table} line 1", f"{table} is empty: expected a header row"))
+                rejects.add(
+                    RejectedRecord(source, f"{table} line 1", f"{table} is empty: expected a header row", ends_source=True),
+                    table,
+                )
                 return
             header = [name.strip().lstrip("\ufeff") for name in header]
             missing = [name for name in required if name not in header]
@@ -92,22 +128,24 @@ def _read_table(
                         f"{table} line 1",
                         f"{table} lacks the column(s) {', '.join(missing)}; the file was not read",
                         snippet("\t".join(header)),
-                    )
+                        ends_source=True,
+                    ),
+                    table,
                 )
                 return
             index = [header.index(name) if name in header else None for name in columns]
-            end = reader.line_num
+            end = lines.number
             while True:
                 try:
                     row = next(reader)
                 except StopIteration:
                     break
                 except csv.Error as exc:
-                    start, end = end + 1, reader.line_num
+                    start, end = end + 1, lines.number
                     rejects.add(RejectedRecord(source, f"{table} line {start}", f"not valid TSV: {exc}"))
                     continue
                 # A quoted field may span lines: a row starts on the line after the previous row.
-                start, end = end + 1, reader.line_num
+                start, end = end + 1, lines.number
                 if not row:
                     continue
                 joined = "\t".join(row)
@@ -123,7 +161,7 @@ def _read_table(
                 last = f"{table} line {start}"
                 yield start, [row[i].strip() if i is not None else None for i in index]
     except TRUNCATION_ERRORS as exc:
-        rejects.add(truncation_reject(source, last, exc))
+        rejects.add(truncation_reject(source, last, exc), table)
 
 
 def _keyed(
@@ -288,7 +326,12 @@ class _Cursor:
 
 
 def _join(
-    patents: Iterator[Row], abstracts: _Cursor, cpcs: _Cursor, tables: tuple[str, str, str], source: str
+    patents: Iterator[Row],
+    abstracts: _Cursor,
+    cpcs: _Cursor,
+    tables: tuple[str, str, str],
+    source: str,
+    cpc_broken: bool = False,
 ) -> Iterator[Item]:
     patent_table, abstract_table, cpc_table = tables
     for key, group in groupby(patents, key=itemgetter(0)):
@@ -301,9 +344,15 @@ def _join(
                 reason = f"no abstract in {abstract_table}" + (" (design patent)" if design else "")
                 yield RejectedRecord(source, position, reason, snippet(title), key)
                 continue
-            if not labels:
-                got = f" (got {dropped!r})" if dropped else ""
-                yield RejectedRecord(source, position, f"no CPC subclass in {cpc_table}{got}", snippet(title), key)
+            if not labels and (dropped or cpc_broken):
+                # No row at all is a patent not classified yet (stored unlabelled), unless the
+                # table broke off: then its rows may be in the part that was not read.
+                reason = (
+                    f"no CPC subclass in {cpc_table} (got [{show_dropped(list(dropped))}])"
+                    if dropped
+                    else f"no CPC subclass read: {cpc_table} was not read to its end, so the labels are unknown"
+                )
+                yield RejectedRecord(source, position, reason, snippet(title), key)
                 continue
             try:
                 date = parse_date(raw_date) if raw_date else None
@@ -312,7 +361,7 @@ def _join(
             yield PatentRecord(
                 patent_id=key,
                 abstract=texts[0],
-                labels={"CPC": list(labels)},
+                labels={"CPC": list(labels)} if labels else {},
                 source=source,
                 position=position,
                 title=title or None,
@@ -346,7 +395,8 @@ def parse_patentsview(
     table and line (``g_patent.tsv line 12``). Rejected table rows come first, then one item per
     ``g_patent`` row, then one skipped item per table summarising rows of ids absent from
     ``g_patent``. Memory stays near ``chunk_bytes`` whatever the file sizes; sorted runs are
-    written under ``tmp_dir`` (default: the system temporary folder) and removed afterwards.
+    written under ``tmp_dir`` (default: ``tmp`` under ``PATENTML_HOME``, never the system temporary
+    folder, which may be small or shared) and removed afterwards.
     """
     refs = (_as_ref(patent), _as_ref(abstract), _as_ref(cpc))
     source = source or str(refs[0].path.parent)
@@ -354,6 +404,11 @@ def parse_patentsview(
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     # The files are sorted by id in practice, but nothing promises it (nor that the order is the
     # canonical id's): sorting ourselves makes the join right for any order at a bounded cost.
+    if tmp_dir is None:
+        from patentml.settings import get_settings
+
+        tmp_dir = get_settings().tmp_dir
+    Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="patentml-patentsview-", dir=tmp_dir) as folder:
         rejects = _Spool(folder)
         patents = external_sort(_patent_rows(refs[0], source, rejects), folder, chunk_bytes)
@@ -361,4 +416,4 @@ def parse_patentsview(
         cpcs = _Cursor(external_sort(_cpc_rows(refs[2], source, rejects), folder, chunk_bytes), 2)
         yield from rejects.read()
         tables = (refs[0].base_name, refs[1].base_name, refs[2].base_name)
-        yield from _join(patents, abstracts, cpcs, tables, source)
+        yield from _join(patents, abstracts, cpcs, tables, source, cpc_broken=tables[2] in rejects.broken)

@@ -11,7 +11,7 @@ import ijson
 
 from patentml.ingest.formats._common import collapse, snippet, split_labels
 from patentml.ingest.ids import canonical_patent_id
-from patentml.ingest.records import Item, PatentRecord, RejectedRecord
+from patentml.ingest.records import Item, PatentRecord, RejectedRecord, show_dropped
 
 
 def parse_uspto2m(stream: BinaryIO, source: str) -> Iterator[Item]:
@@ -44,7 +44,9 @@ def parse_uspto2m(stream: BinaryIO, source: str) -> Iterator[Item]:
         yield RejectedRecord(
             source,
             f"record {index + 1}",
-            f"broken JSON array after record {index}: {_one_line(exc)}; the records before it were kept",
+            f"broken JSON array after record {index}: {_one_line(exc)}; the records before it were kept, "
+            "the rest of the file was not read",
+            ends_source=True,
         )
 
 
@@ -54,38 +56,45 @@ def _one_line(exc: Exception) -> str:
 
 
 def record_from_object(obj: Any, source: str, position: str) -> Item:
-    """A USPTO-2M element as a record (scheme CPC), or the first reason it cannot be used."""
-    text = json.dumps(obj, ensure_ascii=False)
+    """A USPTO-2M element as a record (scheme CPC), or the first reason it cannot be used.
+
+    No ``Subclass_labels`` (absent, null or an empty list) is a new filing: a record without labels.
+    """
+
+    def reject(reason: str, patent_id: str | None = None) -> RejectedRecord:
+        # Serialised only for a reject: a valid record never pays for its snippet.
+        return RejectedRecord(source, position, reason, snippet(json.dumps(obj, ensure_ascii=False)), patent_id)
+
     if not isinstance(obj, dict):
-        reason = f"expected a JSON object, got a JSON {type(obj).__name__}"
-        return RejectedRecord(source, position, reason, snippet(text))
+        return reject(f"expected a JSON object, got a JSON {type(obj).__name__}")
     raw_id = obj.get("No")
     if not isinstance(raw_id, str) or not raw_id.strip():
-        return RejectedRecord(source, position, "missing No (patent number)", snippet(text))
+        return reject("missing No (patent number)")
     try:
         patent_id = canonical_patent_id(raw_id)
     except ValueError as exc:
-        return RejectedRecord(source, position, str(exc), snippet(text))
+        return reject(str(exc))
     abstract = obj.get("Abstract")
     if abstract is None:
-        return RejectedRecord(source, position, "missing Abstract", snippet(text), patent_id)
+        return reject("missing Abstract", patent_id)
     if not isinstance(abstract, str):
-        reason = f"Abstract is a JSON {type(abstract).__name__}, not a string"
-        return RejectedRecord(source, position, reason, snippet(text), patent_id)
+        return reject(f"Abstract is a JSON {type(abstract).__name__}, not a string", patent_id)
     if not abstract.strip():
-        return RejectedRecord(source, position, "empty Abstract", snippet(text), patent_id)
+        return reject("empty Abstract", patent_id)
     raw_labels = obj.get("Subclass_labels")
-    if not isinstance(raw_labels, list):
-        return RejectedRecord(source, position, "Subclass_labels missing or not a list", snippet(text), patent_id)
-    labels, dropped = split_labels(raw_labels)
-    if not labels:
-        got = f"got {dropped!r}" if dropped else "the list is empty"
-        return RejectedRecord(source, position, f"no valid label ({got})", snippet(text), patent_id)
+    labels: list[str] = []
+    dropped: list[str] = []
+    if raw_labels is not None:
+        if not isinstance(raw_labels, list):
+            return reject(f"Subclass_labels is a JSON {type(raw_labels).__name__}, not a list", patent_id)
+        labels, dropped = split_labels(raw_labels)
+        if not labels and dropped:
+            return reject(f"no valid label (got [{show_dropped(dropped)}])", patent_id)
     title = obj.get("Title")
     return PatentRecord(
         patent_id=patent_id,
         abstract=abstract.strip(),
-        labels={"CPC": labels},
+        labels={"CPC": labels} if labels else {},
         source=source,
         position=position,
         title=(title.strip() or None) if isinstance(title, str) else None,

@@ -13,7 +13,8 @@ from defusedxml import DefusedXmlException, EntitiesForbidden
 
 from patentml.ingest.formats._common import collapse, parse_date, snippet, split_labels
 from patentml.ingest.ids import canonical_patent_id
-from patentml.ingest.records import Item, PatentRecord, RejectedRecord, SkippedRecord
+from patentml.ingest.records import Item, PatentRecord, RejectedRecord, SkippedRecord, show_dropped
+from patentml.textio import OverlongLine, iter_lines
 
 #: Root elements of documents we index (grants, application publications).
 PATENT_ROOTS = ("us-patent-grant", "us-patent-application")
@@ -21,7 +22,8 @@ PATENT_ROOTS = ("us-patent-grant", "us-patent-application")
 NON_PATENT_ROOTS = {"sequence-cwu": "sequence listing (sequence-cwu), not a patent"}
 
 #: A document larger than this is not held in memory; it is rejected (real grants are a few MB).
-MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
+#: Lines are read with the same cap, so a file without newlines cannot become one huge line either.
+MAX_DOCUMENT_BYTES = 64 << 20
 
 # The first start tag of a document names its root; "<?xml" and "<!DOCTYPE" never match.
 _START_TAG = re.compile(rb"<([A-Za-z_][\w.\-]*)")
@@ -48,7 +50,12 @@ class _Document:
     def keep(self) -> bool:
         return not self.too_big and self.root not in NON_PATENT_ROOTS
 
-    def add(self, line: bytes) -> None:
+    def add(self, line: bytes | OverlongLine) -> None:
+        if isinstance(line, OverlongLine):  # longer than a whole document may be
+            self.size += line.length
+            self.too_big = True
+            self.chunks.clear()
+            return
         if self.root is None:
             match = _START_TAG.search(line)
             if match:
@@ -65,7 +72,12 @@ class _Document:
 def split_documents(stream: BinaryIO) -> Iterator[_Document]:
     """The documents of a concatenated XML file; a new one starts at each line beginning with ``<?xml``."""
     doc: _Document | None = None
-    for number, line in enumerate(stream, 1):
+    for number, line in enumerate(iter_lines(stream, MAX_DOCUMENT_BYTES), 1):
+        if isinstance(line, OverlongLine):
+            if doc is None:
+                doc = _Document(number=1, line=number)
+            doc.add(line)
+            continue
         if doc is None or line.startswith(b"<?xml"):
             if doc is None and not line.strip():
                 continue  # blank lines before the first document
@@ -83,7 +95,9 @@ def parse_uspto_xml(stream: BinaryIO, source: str) -> Iterator[Item]:
         if doc.root in NON_PATENT_ROOTS:
             yield SkippedRecord(source, doc.position, NON_PATENT_ROOTS[doc.root])
         elif doc.too_big:
-            yield RejectedRecord(source, doc.position, f"document larger than {MAX_DOCUMENT_BYTES >> 20} MiB")
+            yield RejectedRecord(
+                source, doc.position, f"document larger than {MAX_DOCUMENT_BYTES >> 20} MiB; it was not read"
+            )
         else:
             yield parse_document(b"".join(doc.chunks), source, doc.position, doc.line)
 
@@ -119,23 +133,24 @@ def parse_document(data: bytes, source: str, position: str, first_line: int = 1)
 
 
 def _text(element: ET.Element | None) -> str:
-    """All text inside ``element``, whitespace collapsed, with block elements kept apart by a space."""
+    """All text inside ``element``, whitespace collapsed, with block elements kept apart by a space.
+
+    An explicit stack, not recursion: a document nested thousands of levels deep is just text.
+    """
     if element is None:
         return ""
-    parts: list[str] = []
-
-    def walk(node: ET.Element) -> None:
-        parts.append(node.text or "")
-        for child in node:
-            block = child.tag in _BLOCKS
-            if block:
-                parts.append(" ")
-            walk(child)
-            if block:
-                parts.append(" ")
-            parts.append(child.tail or "")
-
-    walk(element)
+    parts: list[str] = [element.text or ""]
+    # Each entry: a child to open, or (after its subtree) the text that follows it.
+    stack: list[ET.Element | str] = list(reversed(element))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            parts.append(node)
+            continue
+        block = " " if node.tag in _BLOCKS else ""
+        parts.append(block + (node.text or ""))
+        stack.append(block + (node.tail or ""))
+        stack.extend(reversed(node))
     return collapse("".join(parts))
 
 
@@ -178,17 +193,19 @@ def _record(root: ET.Element, source: str, position: str) -> Item:
         return RejectedRecord(source, position, reason, snippet(title), patent_id)
 
     # Only the patent's own classification: us-field-of-classification-search lists what the
-    # examiner searched, not what the patent is.
-    cpc_entries = biblio.findall("classifications-cpc/main-cpc/classification-cpc")  # type: ignore[union-attr]
-    cpc_entries += biblio.findall("classifications-cpc/further-cpc/classification-cpc")  # type: ignore[union-attr]
+    # examiner searched, not what the patent is. Combination sets (further-cpc/combination-set/
+    # combination-rank/classification-cpc) are CPC allocations too.
+    cpc_entries = biblio.findall("classifications-cpc/main-cpc//classification-cpc")  # type: ignore[union-attr]
+    cpc_entries += biblio.findall("classifications-cpc/further-cpc//classification-cpc")  # type: ignore[union-attr]
     ipc_entries = biblio.findall("classifications-ipcr/classification-ipcr")  # type: ignore[union-attr]
     cpc, cpc_dropped = split_labels(_symbols(cpc_entries))
     ipc, ipc_dropped = split_labels(_symbols(ipc_entries))
     labels = {scheme: found for scheme, found in (("CPC", cpc), ("IPC", ipc)) if found}
     dropped = cpc_dropped + ipc_dropped
-    if not labels:
-        got = f" (got {dropped!r})" if dropped else ""
-        reason = f"no valid CPC or IPC classification{got}"
+    if not labels and dropped:
+        # Classified, but with nothing usable; a document with no classification at all (an
+        # application before classification) is a new filing and is stored without labels.
+        reason = f"no valid CPC or IPC classification (got [{show_dropped(dropped)}])"
         return RejectedRecord(source, position, reason, snippet(title), patent_id)
     return PatentRecord(
         patent_id=patent_id,

@@ -1,0 +1,59 @@
+"""Untrusted text in bounded memory: lines read with a length cap, and messages clipped to a size.
+
+Ingest reads JSON Lines and XML with :func:`iter_lines`; prediction input can use it the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+#: Longest line held in memory by default; a JSON Lines record is a few KB.
+MAX_LINE_BYTES = 4 << 20
+#: Bytes read at a time while skipping the rest of an overlong line.
+_SKIP_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class OverlongLine:
+    """A line longer than the cap: it was skipped to its end, never held whole."""
+
+    length: int  # bytes before the newline
+    head: bytes  # its first bytes, to show where it was
+
+    def describe(self, limit: int) -> str:
+        return f"line of {self.length:,} bytes is longer than the {limit:,}-byte limit; it was skipped"
+
+
+def iter_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES, head_bytes: int = 300) -> Iterator[bytes | OverlongLine]:
+    """Each line of ``stream`` with its newline, or an :class:`OverlongLine` for one over ``max_bytes``.
+
+    A newline-free gigabyte costs ``max_bytes`` of memory, not a gigabyte: the stream is read with
+    ``readline(limit)`` and the rest of a long line is read and dropped in chunks.
+    """
+    readline = stream.readline
+    while True:
+        line = readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line
+            continue
+        head, length = line[:head_bytes], len(line)
+        while True:
+            rest = readline(_SKIP_BYTES)
+            if not rest:
+                break
+            length += len(rest)
+            if rest.endswith(b"\n"):
+                length -= 1
+                break
+        yield OverlongLine(length, head)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, saying how long it was; short text is returned as is."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (cut: {len(text):,} characters)"
