@@ -266,7 +266,7 @@ class PaperCNN(nn.Module):
         x = self.embed_dropout(x)  # (batch, seq, dim)
         x = x.transpose(1, 2)  # (batch, dim, seq): Conv1d convolves over the last axis
 
-        pooled, positions = [], []
+        pooled, winners = [], []
         for k, conv in zip(c.kernel_sizes, self.convs):
             h = conv(x)  # (batch, filters, seq - k + 1): output t covers tokens t .. t+k-1
             # Windows fully inside the real tokens start at 0 .. length-k; a sequence shorter than
@@ -280,13 +280,13 @@ class PaperCNN(nn.Module):
             if return_positions:
                 best, where = h.max(dim=-1)  # (batch, filters) each
                 pooled.append(best)
-                positions.append(where)
+                winners.append(where)
             else:
                 pooled.append(h.amax(dim=-1))  # (batch, filters)
         z = torch.cat(pooled, dim=1)  # (batch, kernels * filters)
         # ReLU after the max equals max after ReLU (ReLU is monotone) and touches (batch, filters) only.
         if return_positions:
-            return F.relu(z), torch.cat(positions, dim=1)  # (batch, kernels * filters) each
+            return F.relu(z), torch.cat(winners, dim=1)  # (batch, kernels * filters) each
         return F.relu(z)  # (batch, kernels * filters)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
