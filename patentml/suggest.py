@@ -66,7 +66,6 @@ def score_patents(predictor: "Predictor", engine: "Engine", *, rescore: bool = F
     (float16: much faster for MiniLM models, scores may differ from ``predict``'s in the 4th decimal).
     """
     from patentml.db import suggestions
-    from patentml.predict_io import Record
 
     if top_k < 1:
         raise DataError("top-k must be at least 1: a suggestion row needs a label")
@@ -92,14 +91,17 @@ def score_patents(predictor: "Predictor", engine: "Engine", *, rescore: bool = F
             bar = tqdm(total=total, unit=" patents", desc="score", file=sys.stderr, mininterval=0.5)
         try:
             for part in suggestions.stream_pending(reader, model_id, commit_every, since=since, rescore=rescore):
-                records = [Record(pid, text) for pid, text in part]
-                rows = []
-                for obj in predictor.predict_records(records, top_k=top_k, chunk=len(records), ranked=True):
-                    if "error" in obj:
-                        summary.unusable += 1
-                        continue
-                    summary.scored += 1
-                    rows.extend({"patent_id": obj["id"], **s} for s in obj["suggestions"])
+                ids, texts = [], []
+                for pid, abstract in part:  # checked and truncated exactly as `predict` does
+                    text, _, error = predictor.check_text(abstract or "")
+                    if error is None:
+                        ids.append(pid)
+                        texts.append(text)
+                summary.unusable += len(part) - len(ids)
+                summary.scored += len(ids)
+                # A failing model raises here, before the batch's transaction: nothing of it is written.
+                found = predictor.suggestions(predictor.scores(texts), top_k) if texts else []
+                rows = [{"patent_id": pid, **s.as_dict()} for pid, ranked in zip(ids, found) for s in ranked]
                 with engine.begin() as writer:
                     summary.rows += suggestions.write(writer, model_id, rows, [r[0] for r in part], rescore)
                 summary.selected += sum(r["selected"] for r in rows)
