@@ -46,7 +46,8 @@ class PatentIn(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    patents: list[PatentIn] = Field(..., description="The patents to classify, at most PATENTML_SERVE_MAX_BATCH")
+    patents: list[PatentIn] = Field(..., min_length=1,
+                                    description="The patents to classify, at most PATENTML_SERVE_MAX_BATCH")
     top_k: int = Field(DEFAULT_TOP_K, ge=0, le=MAX_TOP_K, description="Label scores to return per patent")
     explain: bool = Field(False, description="Also say why, for each label named")
     top_n: int = Field(EXPLAIN_TOP_N, ge=1, le=100, description="Reasons per label when explaining")
@@ -80,6 +81,11 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     if any(e.get("type") == "json_invalid" for e in errors):
         e = next(e for e in errors if e.get("type") == "json_invalid")
         return JSONResponse({"error": f"the body is not valid JSON: {e.get('ctx', {}).get('error', e['msg'])}"}, 400)
+    if any(tuple(e["loc"]) == ("body",) for e in errors):  # not an object at all (or not sent as JSON)
+        kind = request.headers.get("content-type", "none")
+        hint = "" if "json" in kind else f" (it came as {kind}: send Content-Type: application/json)"
+        return JSONResponse({"error": 'the body must be a JSON object {"patents": [{"id", "abstract"}, ...]}'
+                                      + hint}, 422)
     problems = [f"{_where(e['loc'])}: {e['msg']}" for e in errors]
     return JSONResponse({"error": "; ".join(problems),
                          "detail": [{"field": _where(e["loc"]), "problem": e["msg"]} for e in errors]}, 422)
