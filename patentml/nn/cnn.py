@@ -317,7 +317,7 @@ class PaperCNN(nn.Module):
             logits = self.head(z)[0]  # (labels,)
             for label in labels:
                 (grad,) = torch.autograd.grad(logits[label], z, retain_graph=True)
-                effect = (z * grad)[0].numpy()  # (features,): zero where the ReLU closed
+                effect = (z * grad).detach()[0].numpy()  # (features,): zero where the ReLU closed
                 windows: dict[tuple[int, int], float] = {}
                 for f in np.flatnonzero(effect):
                     key = (int(where[0, f]), int(width[f]))
