@@ -217,22 +217,27 @@ class Predictor:
         """Per row of a score matrix: the top-k labels, then any further label the decision rule selects.
 
         So the ``selected`` suggestions are the model's whole decision, also for a patent with more
-        than ``top_k`` labels. Ranks count from 1 over all labels, ties broken by label order.
+        than ``top_k`` labels. Ranks are those of a stable sort by score (ties go to the label listed
+        first), found without sorting whole rows: a full argsort was a third of a TF-IDF batch's time.
         """
         import numpy as np
 
-        if scores.shape[0] == 0:
-            return []
+        n, n_labels = scores.shape
+        k = max(0, min(int(top_k), n_labels))
         decided = self.decision.apply(scores)
-        k = max(0, min(int(top_k), scores.shape[1]))
-        order = np.argsort(-scores, axis=1, kind="stable")
-        labels = self.labels
-        out = []
-        for i in range(scores.shape[0]):
-            row, chosen = scores[i], decided[i][order[i]]  # chosen: selection flags in rank order
-            ranks = list(range(k)) + [int(r) for r in np.flatnonzero(chosen[k:]) + k]
-            out.append([Suggestion(r + 1, labels[j], round(float(row[j]), SCORE_DIGITS), bool(chosen[r]))
-                        for r in ranks for j in (int(order[i, r]),)])
+        kth = np.partition(scores, n_labels - k, axis=1)[:, n_labels - k] if k else None  # (n,) k-th best score
+        labels, out = self.labels, []
+        for i in range(n):
+            row = scores[i]
+            top = np.flatnonzero(row >= kth[i]) if k else np.zeros(0, dtype=np.int64)  # ties at the k-th included
+            top = top[np.lexsort((top, -row[top]))][:k]  # by score, best first, then by label order
+            ranked = [(r + 1, int(j)) for r, j in enumerate(top)]
+            chosen = set(top.tolist())
+            extra = [int(j) for j in np.flatnonzero(decided[i]) if j not in chosen]
+            # The rank a full stable sort gives: labels scoring higher, and equal ones listed before.
+            ranked += sorted((int((row > row[j]).sum() + (row[:j] == row[j]).sum()) + 1, j) for j in extra)
+            out.append([Suggestion(r, labels[j], round(float(row[j]), SCORE_DIGITS), bool(decided[i, j]))
+                        for r, j in ranked])
         return out
 
     def format(self, ids: Sequence[Any], scores: Any, top_k: int = DEFAULT_TOP_K,

@@ -376,3 +376,21 @@ def test_cli_positional_files_csv_and_explanations(file_champion: dict[str, Any]
     assert all(set(t["term"].split()) <= words for t in out["explanation"]["H04L"]["terms"])
     assert main(_cli(s, "predict", TEXTS[1], "--explain", "--format", "csv")) == 1
     assert "--explain writes JSON lines" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 3, 8])
+def test_suggestions_rank_as_a_full_stable_sort_and_keep_every_selected_label(top_k: int) -> None:
+    """Against the obvious reference: sort each whole row (stable), take k, then every selected label."""
+    from patentml.decision import DecisionRule
+    from patentml.predict import Suggestion
+
+    rng = np.random.default_rng(7)
+    scores = rng.choice(np.array([0.0, 0.1, 0.5, 0.5, 0.9], dtype=np.float32), size=(40, 8))  # many ties
+    predictor = Predictor.__new__(Predictor)
+    predictor.labels, predictor.decision = [f"L{j}" for j in range(8)], DecisionRule(threshold=0.5, keep_top=True)
+    decided = predictor.decision.apply(scores)
+    for row, picked, found in zip(scores, decided, predictor.suggestions(scores, top_k)):
+        order = np.argsort(-row, kind="stable")
+        expected = [Suggestion(r + 1, f"L{j}", round(float(row[j]), 4), bool(picked[j]))
+                    for r, j in enumerate(order) if r < top_k or picked[j]]
+        assert found == expected
