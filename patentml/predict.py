@@ -64,8 +64,8 @@ class Predictor:
     """A loaded, checksum-verified model that turns abstracts into labels, top-k scores and explanations.
 
     Open one with :meth:`open` (the champion, a store model id or a local folder); use it as a
-    context manager, or call :meth:`close`, to stop its scoring threads. Safe to share between
-    threads (the prediction service does).
+    context manager, or call :meth:`close`, to stop its scoring threads. Call it from one thread
+    at a time (it runs its own threads for torch models; the prediction service takes turns).
     """
 
     def __init__(self, folder: Path | str, *, model_id: str | None = None, verify: bool = True,

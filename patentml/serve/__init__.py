@@ -189,8 +189,9 @@ def create_app(settings: "Settings | None" = None, *, model_id: str | None = Non
                     for error in [predictor.check_text(p.abstract)[2]] if error]
         if problems:
             raise HTTPException(422, "; ".join(problems))
-        out = predictor.predict([p.abstract for p in body.patents], top_k=body.top_k, ids=ids, explain=body.explain,
-                                top_n=body.top_n)
+        with loaded.lock:
+            out = predictor.predict([p.abstract for p in body.patents], top_k=body.top_k, ids=ids,
+                                    explain=body.explain, top_n=body.top_n)
         failed = [o for o in out if "error" in o]
         if failed:  # the model itself failed: not the client's doing
             raise RuntimeError(failed[0]["error"])

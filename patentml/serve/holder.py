@@ -26,6 +26,9 @@ class Loaded:
     loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     #: The run's test score (``patentml.db.results.run_scores``); None without a database or a registered run.
     metrics: dict[str, Any] | None = None
+    #: Requests take turns on the model: a predictor is not for concurrent calls, and on CPU a second
+    #: concurrent batch would only share the same cores.
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         p = self.predictor
@@ -91,7 +94,8 @@ class ModelHolder:
         log.info("Serving %s (%s)", new.predictor.model_id, new.predictor.source)
         self.on_swap(old, new)
         if old is not None:
-            old.predictor.close()
+            with old.lock:  # after the request using it, if one is
+                old.predictor.close()
 
     def load(self) -> bool:
         """Load the model now (start-up, and the watcher); True when a new model was swapped in.
