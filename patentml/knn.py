@@ -19,13 +19,19 @@ def nearest(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(sim, idx, axis=1)
 
 
+def vote_weights(sims: np.ndarray, power: float) -> np.ndarray:
+    """Each neighbour's share of the vote (n, k): ``max(similarity, 0) ** power``, normalised per row."""
+    w = np.maximum(sims, 0.0) ** power  # (n, k)
+    w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    return w
+
+
 def vote(idx: np.ndarray, sims: np.ndarray, memory_labels: Any, power: float) -> np.ndarray:
     """Label scores: the neighbours' labels weighted by ``max(similarity, 0) ** power``, as a share of
     the total weight (1.0 when every neighbour carries the label), so scores work with thresholds."""
     import scipy.sparse as sp
 
-    w = np.maximum(sims, 0.0) ** power  # (n, k)
-    w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    w = vote_weights(sims, power)  # (n, k)
     rows = np.repeat(np.arange(len(idx)), idx.shape[1])
     weights = sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(idx), memory_labels.shape[0]))
     return np.asarray((weights @ memory_labels).todense(), dtype=np.float32)

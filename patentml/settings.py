@@ -55,6 +55,15 @@ class Settings:
     promotion_margin: float = 0.005
     #: Metric that picks the best challenger: ``example_f1`` or ``p_at_1``.
     selection_metric: str = "example_f1"
+    #: ``patentml serve``: address and port to listen on (``--host``/``--port``); 127.0.0.1 unless told otherwise.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    #: ``patentml serve``: the bearer token ``/v1/*`` requires (empty: none); a secret, never logged.
+    serve_token: str | None = field(default=None, repr=False)
+    #: ``patentml serve``: most patents one ``POST /v1/predict`` may carry.
+    serve_max_batch: int = 256
+    #: ``patentml serve``: seconds between looks at the store's champion pointer (a moved pointer is loaded).
+    serve_reload_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
@@ -75,6 +84,10 @@ class Settings:
             raise ConfigError(
                 f"PATENTML_SELECTION_METRIC={self.selection_metric!r} must be example_f1 or p_at_1"
             )
+        if self.serve_max_batch < 1:
+            raise ConfigError(f"PATENTML_SERVE_MAX_BATCH={self.serve_max_batch} must be at least 1")
+        if self.serve_reload_seconds <= 0:
+            raise ConfigError(f"PATENTML_SERVE_RELOAD_SECONDS={self.serve_reload_seconds} must be positive")
         uri = self.store_uri
         if uri and not (uri.startswith("file://") or uri.startswith("s3://")):
             raise ConfigError(

@@ -206,6 +206,24 @@ def test_second_round_without_new_data_changes_nothing(stack: dict[str, Any], en
     assert _rows(engine, "SELECT count(*) AS n FROM runs WHERE status = 'succeeded'")[0]["n"] == 4
 
 
+def test_score_dag_writes_the_champions_suggestions_once(stack: dict[str, Any], engine: Any) -> None:
+    """patent_score (as the patents or champion Asset would start it): the S3 champion's suggestions for every
+    patent; a second run finds nothing left to score."""
+    if "first" not in stack:
+        pytest.skip("needs the first round")
+    first, again = dag_test(stack["env"], [{"dag_id": "patent_score"}, {"dag_id": "patent_score"}])
+    assert first["state"] == "success", _explain(first)
+    assert again["state"] == "success", _explain(again)
+    champion = stack["first"]["champion"]
+    rows = _rows(engine, "SELECT model_id, count(DISTINCT patent_id) AS n, count(*) FILTER (WHERE rank = 1) AS firsts, "
+                         "count(*) FILTER (WHERE selected) AS selected FROM patent_suggestions GROUP BY model_id")
+    assert [(r["model_id"], r["n"], r["firsts"]) for r in rows] == [(champion, 150, 150)]
+    selected = _rows(engine, "SELECT count(DISTINCT patent_id) AS n FROM patent_suggestions WHERE selected")[0]["n"]
+    assert selected > 100  # the decision rule picks labels (the tiny corpus is separable)
+    assert (first["xcoms"]["score"]["scored"], first["xcoms"]["score"]["model_id"]) == (150, champion)
+    assert (again["xcoms"]["score"]["scored"], again["xcoms"]["score"]["already"]) == (0, 150)
+
+
 def _patent_ids(engine: Any, candidates: set[str]) -> set[str]:
     rows = _rows(engine, "SELECT patent_id FROM patents WHERE patent_id = ANY(:ids)", ids=sorted(candidates))
     return {r["patent_id"] for r in rows}

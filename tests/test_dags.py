@@ -14,7 +14,7 @@ from tests import airflow_env  # noqa: F401  (configures Airflow before it is im
 from tests.airflow_env import DAGS, REPO
 
 HEAVY = ("torch", "transformers", "sklearn", "pandas", "patentml.train", "patentml.nn")
-EXPECTED_DAGS = {"patent_ingest", "patent_retrain", "patentml_worker_check"}
+EXPECTED_DAGS = {"patent_ingest", "patent_retrain", "patent_score", "patentml_worker_check"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_dags_parse_in_a_clean_process_without_heavy_imports() -> None:
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     print(
-        f"\nDAG parse time ({len(result['dags'])} DAGs, 3 files): first {result['first']:.3f} s, "
+        f"\nDAG parse time ({len(result['dags'])} DAGs): first {result['first']:.3f} s, "
         f"again {result['second']:.3f} s"
     )
     assert result["errors"] == {}
@@ -68,7 +68,7 @@ def test_no_import_errors_tags_and_retries(dagbag) -> None:
         assert dag.doc_md and dag_id in dag.doc_md, dag_id
         for t in dag.tasks:
             assert t.retries is not None and t.retries >= 0, (dag_id, t.task_id)
-    for dag_id in ("patent_ingest", "patent_retrain"):
+    for dag_id in ("patent_ingest", "patent_retrain", "patent_score"):
         dag = dagbag.dags[dag_id]
         assert dag.default_args["retries"] >= 1, dag_id
         assert dag.max_active_runs == 1
@@ -107,6 +107,28 @@ def test_ingest_params_refuse_a_bad_latest(dagbag) -> None:
     for bad in (0, -2, "three", 1.5):
         with pytest.raises(ParamValidationError, match="param latest"):
             _validated(dag, {"latest": bad})
+
+
+def test_score_runs_on_new_patents_or_a_new_champion(dagbag) -> None:
+    """patent_score: one task, scheduled on either Asset (an AssetAny of the two), Params with bounds."""
+    from airflow.sdk.definitions.asset import AssetAny
+
+    dag = dagbag.dags["patent_score"]
+    assert _graph(dag) == {"score": set()}
+    assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
+    condition = dag.timetable.asset_condition
+    assert isinstance(condition, AssetAny)
+    assert sorted((a.name, a.uri) for a in condition.objects) == [
+        ("patentml_champion", "patentml://models/pointers/champion"),
+        ("patentml_patents", "postgres://patentml:5432/patentml/public/patents"),
+    ]
+    assert not dag.get_task("score").outlets
+    assert _validated(dag, {}) == {"top_k": 5, "rescore": False, "since": None, "reuse_vectors": False}
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for bad in ({"top_k": 0}, {"rescore": "yes"}):
+        with pytest.raises(ParamValidationError):
+            _validated(dag, bad)
 
 
 def test_retrain_graph_pools_queues_and_trigger_rules(dagbag) -> None:

@@ -322,3 +322,75 @@ def test_prediction_imports_no_sklearn_transformers_or_database(variant: str, tr
     prediction, modules = done.stdout.strip().splitlines()
     assert json.loads(prediction)["id"] == 1 and len(json.loads(prediction)["scores"]) == 5
     assert json.loads(modules) == {"sklearn": False, "transformers": False, "sqlalchemy": False, "boto3": False}
+
+
+def test_cli_positional_files_csv_and_explanations(file_champion: dict[str, Any], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import csv
+
+    from patentml.cli import main
+
+    s = file_champion["settings"]
+    jsonl = tmp_path / "patents.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": f"p{i}", "abstract": t}) + "\n" for i, t in enumerate(TEXTS)))
+    assert main(_cli(s, "predict", "--file", str(jsonl), "--progress", "off")) == 0
+    expected = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    # A file name given positionally is read as the file, not classified as an abstract.
+    assert main(_cli(s, "predict", str(jsonl), "--progress", "off")) == 0
+    assert [json.loads(l) for l in capsys.readouterr().out.splitlines()] == expected
+    assert [o["labels"][0] for o in expected] == ["A01B", "H04L", "G06F", "B60W"]
+    # One that does not exist is an error that says so; a lone word without an extension is still an abstract.
+    monkeypatch.chdir(tmp_path)
+    assert main(_cli(s, "predict", "missing.jsonl")) == 1
+    assert "no such file: missing.jsonl" in capsys.readouterr().err
+    assert main(_cli(s, "predict", str(tmp_path))) == 1
+    assert "is a folder" in capsys.readouterr().err
+    assert main(_cli(s, "predict", "tillage")) == 0 and json.loads(capsys.readouterr().out)["id"] == 1
+
+    # CSV: one row per suggested label, the JSON's scores in rank order, selected = the JSON's labels.
+    assert main(_cli(s, "predict", str(jsonl), "--format", "csv", "--top-k", "3", "--progress", "off")) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0]) == ["id", "rank", "subclass", "score", "selected", "warning", "error"]
+    for o in expected:
+        mine = [r for r in rows if r["id"] == o["id"]]
+        top = list(o["scores"].items())[:3]
+        assert [(r["subclass"], float(r["score"])) for r in mine][:3] == top
+        assert [r["rank"] for r in mine][:3] == ["1", "2", "3"]
+        assert [r["subclass"] for r in mine if r["selected"] == "true"] == o["labels"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n" + TEXTS[1] + "\n"))
+    assert main(_cli(s, "predict", "-", "--output-format", "csv", "--input-format", "text")) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0]["id"] == "1" and rows[0]["error"] == "empty text" and rows[1]["subclass"] == "H04L"
+
+    # The old spelling --format text still names the input format (with a warning).
+    plain = tmp_path / "plain.txt"
+    plain.write_text("{not json but an abstract about soil tillage}\n")
+    assert main(_cli(s, "predict", str(plain), "--format", "text", "--progress", "off")) == 0
+    assert json.loads(capsys.readouterr().out)["labels"][0] == "A01B" and "use --input-format text" in caplog.text
+
+    assert main(_cli(s, "predict", TEXTS[1], "--explain", "--top-k", "2")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["explanation"]) == set(out["scores"]) | set(out["labels"])
+    words = set(TEXTS[1].lower().replace(".", "").split())
+    assert all(set(t["term"].split()) <= words for t in out["explanation"]["H04L"]["terms"])
+    assert main(_cli(s, "predict", TEXTS[1], "--explain", "--format", "csv")) == 1
+    assert "--explain writes JSON lines" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 3, 8])
+def test_suggestions_rank_as_a_full_stable_sort_and_keep_every_selected_label(top_k: int) -> None:
+    """Against the obvious reference: sort each whole row (stable), take k, then every selected label."""
+    from patentml.decision import DecisionRule
+    from patentml.predict import Suggestion
+
+    rng = np.random.default_rng(7)
+    scores = rng.choice(np.array([0.0, 0.1, 0.5, 0.5, 0.9], dtype=np.float32), size=(40, 8))  # many ties
+    predictor = Predictor.__new__(Predictor)
+    predictor.labels, predictor.decision = [f"L{j}" for j in range(8)], DecisionRule(threshold=0.5, keep_top=True)
+    decided = predictor.decision.apply(scores)
+    for row, picked, found in zip(scores, decided, predictor.suggestions(scores, top_k)):
+        order = np.argsort(-row, kind="stable")
+        expected = [Suggestion(r + 1, f"L{j}", round(float(row[j]), 4), bool(picked[j]))
+                    for r, j in enumerate(order) if r < top_k or picked[j]]
+        assert found == expected

@@ -107,6 +107,22 @@ def _seed(engine) -> None:  # type: ignore[no-untyped-def]
                      "WHERE run_id = :r"),
                 {"m": model_id, "r": run_id, "h": "0" * 64},
             )
+        # m-2's suggestions for three labelled patents (one of them in its test split) and a new, unlabelled
+        # filing; m-1 scored the first patent once too.
+        conn.execute(text("INSERT INTO patents (patent_id, abstract, source, content_hash) "
+                          "VALUES ('US99000001', 'A router forwards packets.', 'jsonl:new.jsonl', 'h')"))
+        for model_id, pid, ranked in (
+            ("m-2", patents[0], [("A01H", 0.91, True), ("C12N", 0.62, True), ("A01G", 0.2, False)]),
+            ("m-2", patents[1], [("G06F", 0.7, True), ("A01H", 0.4, False), ("A01G", 0.3, False)]),
+            ("m-2", patents[2], [("H04L", 0.8, True), ("A01H", 0.1, False), ("G06F", 0.05, False)]),
+            ("m-2", "US99000001", [("H04L", 0.88, True), ("G06F", 0.3, False), ("H04W", 0.2, False)]),
+            ("m-1", patents[0], [("A01G", 0.5, True), ("A01H", 0.45, False), ("C12N", 0.1, False)]),
+        ):
+            for rank, (label, score, selected) in enumerate(ranked, 1):
+                conn.execute(text("INSERT INTO patent_suggestions (patent_id, model_id, rank, subclass, score, selected, "
+                                  "created_at) VALUES (:p, :m, :r, :l, :s, :sel, now() - CAST(:age AS interval))"),
+                             {"p": pid, "m": model_id, "r": rank, "l": label, "s": score, "sel": selected,
+                              "age": "1 hour" if model_id == "m-1" else "0 hours"})
         for action, promoted, before, after, challenger, reason in (
             ("first", True, None, "m-1", "m-1", "no champion yet"),
             ("keep", False, "m-1", "m-1", "m-2", "challenger 0.4700 is not better than champion 0.4800 + 0.005"),
@@ -147,7 +163,8 @@ BLOCKS = sql_blocks()
 def test_the_doc_has_the_promised_examples() -> None:
     headings = {h for h, _ in BLOCKS}
     for wanted in ("Leaderboard", "Champion history", "Per-section scores", "Label co-occurrence",
-                   "last ingest batches", "rejected records of a batch", "Patents per label"):
+                   "last ingest batches", "rejected records of a batch", "Patents per label",
+                   "Suggestions for one patent", "new filings likely in a subclass", "Agreement of suggestions"):
         assert any(wanted.lower() in h.lower() for h in headings), wanted
     assert len(BLOCKS) >= 10
 
@@ -182,6 +199,25 @@ def test_examples_answer_what_they_say(seeded) -> None:  # type: ignore[no-untyp
     # The batches: bad.jsonl is the latest, with its 8 rejected records.
     columns, rows = first("The last ingest batches")
     assert rows[0][3].endswith("bad.jsonl") and rows[0][8] == 8 and rows[0][-1] == 8
+    # Suggestions. The unlabelled filing is this week's H04L candidate. Agreement counts m-2's labelled patents
+    # outside its training split: only the seeded patents[1] (test side); its P@1 is whether G06F is its label.
+    n_patents = run_sql(seeded, "SELECT count(*) FROM patents")[1][0][0]
+    columns, rows = first("Suggestions for one patent")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("m-2", 1, "A01H"), ("m-2", 2, "C12N"), ("m-2", 3, "A01G"),
+                                                  ("m-1", 1, "A01G"), ("m-1", 2, "A01H"), ("m-1", 3, "C12N")]
+    columns, rows = first("This week's new filings likely in a subclass")
+    assert [r[0] for r in rows] == ["US99000001"]
+    columns, rows = first("Agreement of suggestions")
+    (second,) = run_sql(seeded, "SELECT patent_id FROM patent_suggestions WHERE model_id = 'm-2' AND subclass = "
+                                "'G06F' AND rank = 1")[1][0]
+    truth = {l for (l,) in run_sql(seeded, f"SELECT subclass FROM patent_labels WHERE patent_id = '{second}' AND "
+                                           "scheme = (SELECT min(scheme) FROM patent_labels WHERE patent_id = "
+                                           f"'{second}')")[1]}
+    hits = len(truth & {"G06F", "A01H", "A01G"})
+    assert rows[0][:3] == ("m-2", 1, float("G06F" in truth)) and float(rows[0][3]) == round(hits / len(truth), 4)
+    assert float(rows[0][4]) == round(2 * ("G06F" in truth) / (1 + len(truth)), 4)
+    columns, rows = first("Suggestions per model")
+    assert [(r[0], r[1], r[-1]) for r in rows] == [("m-2", 4, n_patents - 4), ("m-1", 1, n_patents - 1)]
     columns, rows = first("The rejected records of a batch")
     assert [r[0] for r in rows][:2] == ["line 2", "line 4"] and len(rows) == 9
     assert "Patents per label" in by_heading

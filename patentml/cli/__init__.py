@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any, Callable, Sequence
 
-from patentml.cli import data, models
+from patentml.cli import data, models, use
 from patentml.cli.common import settings_for
 from patentml.exceptions import PatentMLError
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="patentml",
-        description="Classify patents into CPC subclasses; ingest, train, evaluate, promote, predict.",
+        description="Classify patents into CPC subclasses; ingest, train, evaluate, promote, predict, score, serve.",
         epilog="Settings come from PATENTML_* environment variables (see README); flags override them.",
     )
     parser.add_argument("--home", help="PATENTML_HOME: embedded Postgres, local model store, caches")
@@ -103,20 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollback", action="store_true", help="restore the previous champion")
     p.add_argument("--json", action="store_true", help="print the whole decision as JSON")
 
-    p = _add(sub, "predict", models.cmd_predict,
-             "predict CPC subclasses: JSON lines {id, labels, scores} for text, a file or stdin")
-    p.add_argument("text", nargs="*", metavar="TEXT", help="abstract(s) to classify; '-' reads stdin")
-    p.add_argument("--file", "-f", metavar="FILE",
-                   help="JSON Lines with id and abstract, or one abstract per line; '-' for stdin")
-    p.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto",
-                   help="input format of --file/stdin (default: detected from the first line)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", metavar="ID", help="a model id in the store (default: the champion)")
-    src.add_argument("--artifact", metavar="DIR", help="a local model folder (e.g. <home>/runs/<run>/artifact)")
-    p.add_argument("--top-k", type=int, default=5, help="scores to print per patent (default 5)")
-    p.add_argument("--batch-size", type=int, help="patents per forward pass (default: the model's own)")
-    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                   help="progress bar on stderr (auto: on for --file)")
+    use.add_commands(sub, _add)
 
     mo = sub.add_parser("models", help="the model store: list, remove", description="Model store commands")
     mosub = mo.add_subparsers(dest="models_command", metavar="ACTION")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from typing import Any
 
 from patentml.cli.common import engine_for as _engine
@@ -89,7 +88,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- promote, predict, models -------------------------------------------------------------------
+# --- promote, models -------------------------------------------------------------------
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -109,52 +108,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
         print(json.dumps(result, default=str, indent=2))
     else:
         print(decision_as_text(result))
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from patentml.exceptions import ConfigError
-    from patentml.predict import Predictor, count_lines, predict_stream, write_lines
-
-    settings = _settings(args)
-    texts = list(args.text or [])
-    source = args.file
-    if texts == ["-"]:
-        texts, source = [], "-"
-    if texts and source:
-        raise ConfigError("give TEXT arguments or --file, not both")
-    if not texts and not source:
-        if sys.stdin.isatty():
-            raise ConfigError("give TEXT, --file FILE (JSON Lines or one abstract per line), or pipe text on stdin")
-        source = "-"
-    if args.top_k < 0:
-        raise ConfigError("--top-k must be 0 or more")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError("--batch-size must be at least 1")
-    predictor = Predictor.open(settings, model_id=args.model, artifact=args.artifact)
-    log.info("Predicting with %s", predictor.source)
-    out = sys.stdout
-    if texts:
-        errors = write_lines(predictor.predict(texts, top_k=args.top_k, batch_size=args.batch_size), out)
-        return 0 if errors < len(texts) else 1
-    fmt = args.format
-    if source == "-":
-        summary = predict_stream(predictor, sys.stdin, out, fmt=fmt, top_k=args.top_k, batch_size=args.batch_size,
-                                 progress=args.progress == "on")
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"input file {path} does not exist")
-        show = args.progress != "off"
-        total = count_lines(path) if show else None
-        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-            summary = predict_stream(predictor, fh, out, fmt=fmt, top_k=args.top_k, batch_size=args.batch_size,
-                                     total=total, progress=show)
-    if summary["errors"]:
-        log.warning("%d of %d lines could not be predicted (see their \"error\" fields)", summary["errors"],
-                    summary["lines"])
     return 0
 
 
@@ -202,8 +155,9 @@ def cmd_models_remove(args: argparse.Namespace) -> int:
 def cmd_variants(args: argparse.Namespace) -> int:
     from patentml import variants as registry
 
-    header = ("encoder", "variants", "torch", "fine-tunes", "caches", "built from runs")
-    rows = [(str(d["encoder"]), ", ".join(d["variants"]), *("yes" if d[k] else "no" for k in ("needs_torch", "can_fine_tune")),  # type: ignore[arg-type]
+    header = ("encoder", "variants", "torch", "fine-tunes", "explains", "caches", "built from runs")
+    rows = [(str(d["encoder"]), ", ".join(d["variants"]),  # type: ignore[arg-type]
+             *("yes" if d[k] else "no" for k in ("needs_torch", "can_fine_tune", "explains")),
              ", ".join(d["caches"]) or "-", "yes" if d["built_from_runs"] else "no")  # type: ignore[arg-type]
             for d in registry.describe()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -15,9 +15,20 @@ INGEST = 7_243_902
 #: One splits rebuild at a time: snapshots are numbered and compared with the previous one.
 SPLITS = 7_243_903
 _PROMOTION_NAMESPACE = "patentml-promote:"
+_SCORING_NAMESPACE = "patentml-score:"
+
+
+def _derived(namespace: str, value: str) -> int:
+    """A signed int64 key from a namespace and a name."""
+    digest = hashlib.sha256((namespace + value).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def promotion(store_uri: str) -> int:
     """The key that serialises promotions into one store (a signed int64 from the store URI)."""
-    digest = hashlib.sha256((_PROMOTION_NAMESPACE + store_uri).encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    return _derived(_PROMOTION_NAMESPACE, store_uri)
+
+
+def scoring(model_id: str) -> int:
+    """The key held while ``patentml score`` writes one model's suggestions (one scorer per model at a time)."""
+    return _derived(_SCORING_NAMESPACE, model_id)

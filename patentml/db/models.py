@@ -362,6 +362,34 @@ class Prediction(Base):
     top_scores: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
 
+
+# --- suggestions --------------------------------------------------------------------------------
+
+
+class PatentSuggestion(Base):
+    """A model's ranked label suggestions for a patent (``patentml score``): its top-k, plus any further label
+    its decision rule selects, so the ``selected`` rows are the model's whole decision for the patent."""
+
+    __tablename__ = "patent_suggestions"
+
+    patent_id: Mapped[str] = mapped_column(ForeignKey("patents.patent_id", ondelete="CASCADE"), primary_key=True)
+    #: The store's model id (``tfidf-svm-full-r12-1a2b3c4d``); no foreign key: a champion scores against any
+    #: database, also one that never registered it.
+    model_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: 1 = the model's best label.
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subclass: Mapped[str] = mapped_column(String(4))
+    score: Mapped[float] = mapped_column(Float)
+    #: The model's own decision rule picks this label (what ``predict`` lists under ``labels``).
+    selected: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+    __table_args__ = (
+        CheckConstraint("rank >= 1", name="rank"),
+        Index("ix_patent_suggestions_subclass", "subclass", "model_id"),
+        Index("ix_patent_suggestions_model", "model_id", "created_at"),
+    )
+
 # --- models and promotion -----------------------------------------------------------------------
 
 

@@ -235,11 +235,14 @@ class PaperCNN(nn.Module):
             x = x + self.oov_embed(self.oov_slot[inputs])  # (batch, seq, dim); zero for pretrained words
         return x
 
-    def features(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None,
+                 return_positions: bool = False) -> Any:
         """Max-pooled convolution features (batch, len(kernel_sizes) * num_filters), before the dense layer.
 
         ``lengths`` (batch,) counts the real tokens of each right-padded row. Without it: ids mode
-        counts the non-padding ids; vectors mode treats every position as real.
+        counts the non-padding ids; vectors mode treats every position as real. ``return_positions``
+        also returns where each feature's max was found (batch, features): the first token of the
+        window that won the pooling (explanations name those n-grams).
         """
         c = self.config
         batch, seq = inputs.shape[0], inputs.shape[1]
@@ -263,7 +266,7 @@ class PaperCNN(nn.Module):
         x = self.embed_dropout(x)  # (batch, seq, dim)
         x = x.transpose(1, 2)  # (batch, dim, seq): Conv1d convolves over the last axis
 
-        pooled = []
+        pooled, winners = [], []
         for k, conv in zip(c.kernel_sizes, self.convs):
             h = conv(x)  # (batch, filters, seq - k + 1): output t covers tokens t .. t+k-1
             # Windows fully inside the real tokens start at 0 .. length-k; a sequence shorter than
@@ -274,19 +277,53 @@ class PaperCNN(nn.Module):
             # the same maxima (h + 0 is h; the ReLU below makes -0.0 and 0.0 equal).
             bias = torch.zeros(valid.shape, dtype=h.dtype, device=h.device).masked_fill_(~valid, float("-inf"))
             h = h + bias.unsqueeze(1)  # (batch, filters, seq - k + 1)
-            pooled.append(h.amax(dim=-1))  # (batch, filters)
+            if return_positions:
+                best, where = h.max(dim=-1)  # (batch, filters) each
+                pooled.append(best)
+                winners.append(where)
+            else:
+                pooled.append(h.amax(dim=-1))  # (batch, filters)
         z = torch.cat(pooled, dim=1)  # (batch, kernels * filters)
         # ReLU after the max equals max after ReLU (ReLU is monotone) and touches (batch, filters) only.
+        if return_positions:
+            return F.relu(z), torch.cat(winners, dim=1)  # (batch, kernels * filters) each
         return F.relu(z)  # (batch, kernels * filters)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, num_labels) for ids (batch, seq) or vectors (batch, seq, dim); no sigmoid here."""
-        z = self.features(inputs, lengths)  # (batch, kernels * filters)
+        return self.head(self.features(inputs, lengths))  # (batch, num_labels)
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, num_labels) from pooled features (batch, kernels * filters)."""
         z = self.fc(z)  # (batch, hidden)
         z = self.bn(z)  # (batch, hidden)
         z = F.relu(z)  # (batch, hidden)
         z = self.dropout(z)  # (batch, hidden)
         return self.out(z)  # (batch, num_labels)
+
+    def window_effects(self, inputs: torch.Tensor, length: int, labels: list[int]) -> list[list[tuple[int, int, float]]]:
+        """For one sequence (1, seq[, dim]) of ``length`` real tokens: per label index, the windows
+        ``(start, width, effect)`` that won the max-pooling, with a positive effect on the label's
+        logit, strongest first. The effect of a pooled feature is its value times the logit's
+        gradient with respect to it (gradient x input), summed over the filters that chose the window.
+        """
+        self.eval()
+        with torch.no_grad():
+            z, where = self.features(inputs, torch.tensor([length]), return_positions=True)  # (1, features) each
+        width = np.repeat(np.asarray(self.config.kernel_sizes), self.config.num_filters)  # (features,)
+        z = z.detach().requires_grad_(True)
+        out = []
+        with torch.enable_grad():
+            logits = self.head(z)[0]  # (labels,)
+            for label in labels:
+                (grad,) = torch.autograd.grad(logits[label], z, retain_graph=True)
+                effect = (z * grad).detach()[0].numpy()  # (features,): zero where the ReLU closed
+                windows: dict[tuple[int, int], float] = {}
+                for f in np.flatnonzero(effect):
+                    key = (int(where[0, f]), int(width[f]))
+                    windows[key] = windows.get(key, 0.0) + float(effect[f])
+                out.append(sorted(((s, k, v) for (s, k), v in windows.items() if v > 0), key=lambda w: -w[2]))
+        return out
 
     @torch.no_grad()
     def predict_proba(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

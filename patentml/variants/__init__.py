@@ -153,7 +153,7 @@ def describe() -> list[dict[str, object]]:
         cls = backend_class(encoder)
         out.append({"encoder": encoder, "variants": matrix([encoder], list(LOSSES), list(DATASETS)),
                     "has_loss": cls.has_loss, "needs_torch": cls.needs_torch, "can_fine_tune": cls.can_fine_tune,
-                    "caches": list(cls.caches), "built_from_runs": cls.built_from_runs,
+                    "caches": list(cls.caches), "built_from_runs": cls.built_from_runs, "explains": cls.explains,
                     "predict_batch": cls.predict_batch})
     return out
 

@@ -108,6 +108,10 @@ class Backend:
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     #: Settings that ``"auto"`` lets fit choose; the chosen values are artifact state (``learned``).
     LEARNED: ClassVar[tuple[str, ...]] = ()
+    #: :meth:`explain` names reasons for a label (words, n-grams, neighbours); False: it says why it cannot.
+    explains: ClassVar[bool] = False
+    #: What :meth:`explain` says of each label when the backend has no reasons to give.
+    NO_REASONS: ClassVar[str] = "this model gives no per-label reasons"
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
         unknown = sorted(set(params or {}) - set(self.DEFAULTS))
@@ -149,6 +153,17 @@ class Backend:
     def predict_scores(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
         """Probabilities (n, len(labels)) for raw abstracts."""
         raise NotImplementedError
+
+    def explain(self, texts: Sequence[str], labels_per_text: Sequence[Sequence[str]],
+                top_n: int = 5) -> list[dict[str, dict[str, Any]]]:
+        """Why each text got each of its labels: one ``{label: explanation}`` per text.
+
+        An explanation is a JSON-safe dict with a ``method`` naming its kind (``terms``,
+        ``neighbours``, ``ngrams``, ``blend``, or ``none`` with a ``reason``) and at most ``top_n``
+        reasons, strongest first. Backends that can give reasons set :attr:`explains`.
+        """
+        return [{label: {"method": "none", "reason": self.NO_REASONS} for label in labels}
+                for labels in labels_per_text]
 
     def n_params(self) -> int:
         return 0

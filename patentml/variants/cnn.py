@@ -56,6 +56,7 @@ class _CNNBackend(Backend):
 
     has_loss = True
     needs_torch = True
+    explains = True
     DEFAULTS = dict(CNN_DEFAULTS)
     model: "nn.Module | None" = None
 
@@ -118,6 +119,32 @@ class _CNNBackend(Backend):
                  loss_fn=make_loss(p["loss"], alpha=float(p["alpha"]), label_smoothing=float(p["label_smoothing"])),
                  steps_per_epoch=math.ceil(len(train) / batch_size), forward=forward, valid_scores=valid_scores,
                  y_valid=valid.truth())
+
+    # -- explanations ------------------------------------------------------------------------
+    def _explain_input(self, text: str) -> tuple[Any, list[str]]:
+        """The CNN's input for one text, padded for the widest kernel (1, seq[, dim]), and its tokens."""
+        raise NotImplementedError
+
+    def _ngram(self, tokens: list[str], start: int, width: int) -> str:
+        """The text of the window of ``width`` tokens at ``start``."""
+        return " ".join(tokens[start : start + width])
+
+    def explain(self, texts: Sequence[str], labels_per_text: Sequence[Sequence[str]],
+                top_n: int = 5) -> list[dict[str, dict[str, Any]]]:
+        """The n-grams whose windows won the max-pooling, by their effect on a label's logit (gradient x
+        input on the pooled features, summed per window: :meth:`PaperCNN.window_effects`)."""
+        index = {label: j for j, label in enumerate(self.labels)}
+        out = []
+        for text, labels in zip(texts, labels_per_text):
+            x, tokens = self._explain_input(text)
+            effects = self._cnn().window_effects(x, len(tokens), [index[label] for label in labels])
+            out.append({label: {"method": "ngrams", "ngrams": [
+                {"ngram": self._ngram(tokens, start, k), "position": start, "weight": round(v, 4)}
+                for start, k, v in windows[:top_n]]} for label, windows in zip(labels, effects)})
+        return out
+
+    def _cnn(self) -> Any:
+        return self.model
 
     def _load_cnn(self, folder: Path) -> Any:
         import torch
@@ -199,6 +226,12 @@ class GloveCNN(_CNNBackend):
         tr, va = self._id_splits(train, valid, ctx,
                                  lambda docs: [np.asarray(self._ids(text), dtype=np.int32) for _, text, _ in docs])
         self._train(model, tr, va, ctx)
+
+    def _explain_input(self, text: str) -> tuple[Any, list[str]]:
+        from patentml.text import pad_batch, tokenize
+
+        x, _ = pad_batch([self._ids(text)], min_length=self.min_length)  # (1, seq)
+        return x, tokenize(text, int(self.params["max_tokens"])) or ["<unk>"]
 
     def predict_scores(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
         import numpy as np
@@ -321,6 +354,28 @@ class BertCNN(_CNNBackend):
                     folder, corpus, self.labels, lambda docs: self._hidden(self._tokenize([t for _, t, _ in docs])),
                     "float16", dim=dim, chunk=512, progress=ctx.progress, desc=f"BERT vectors {name}"))
         self._train(self.cnn, splits[0], splits[1], ctx)
+
+    def _cnn(self) -> Any:
+        return self.cnn
+
+    def _explain_input(self, text: str) -> tuple[Any, list[str]]:
+        import torch
+
+        ids = self._tokenize([text])[0]
+        hidden = self._hidden([ids])[0]  # (seq, dim)
+        x = torch.zeros(1, max(len(ids), self.min_length), hidden.shape[1])
+        x[0, : len(ids)] = torch.from_numpy(hidden)
+        return x, self.tokenizer.convert_ids_to_tokens(ids)
+
+    def _ngram(self, tokens: list[str], start: int, width: int) -> str:
+        """The window's word pieces widened to whole words and joined back to text, [CLS]/[SEP] left out."""
+        end = start + width
+        while start > 0 and tokens[start].startswith("##"):
+            start -= 1
+        while end < len(tokens) and tokens[end].startswith("##"):
+            end += 1
+        special = set(self.tokenizer.all_special_tokens)
+        return self.tokenizer.convert_tokens_to_string([t for t in tokens[start:end] if t not in special])
 
     def _param_groups(self, model: "nn.Module") -> list[dict[str, Any]]:
         if not self.params["fine_tune"]:

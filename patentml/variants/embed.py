@@ -6,6 +6,7 @@ the loop :mod:`patentml.nn.loop`; what is here is what each model does with the 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -25,10 +26,12 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "head.safetensors"
 KNN_FILE = "neighbours.safetensors"
+#: The training patent ids of the kNN memory, row by row (JSON; artifacts from before it lack it).
+KNN_IDS_FILE = "neighbour_ids.json"
 ENCODER_DIR = "encoder"
 
-#: A split as (sentence vectors, multi-hot labels, texts).
-EmbeddedSplit = tuple["np.ndarray", "np.ndarray", list[str]]
+#: A split as (sentence vectors, multi-hot labels, texts, patent ids).
+EmbeddedSplit = tuple["np.ndarray", "np.ndarray", list[str], list[str]]
 
 
 class EmbeddingBackend(Backend):
@@ -60,12 +63,12 @@ class EmbeddingBackend(Backend):
 
         data = {}
         for name, corpus in (("train", train), ("valid", valid)):
-            _, texts, labels = collect(corpus)
+            ids, texts, labels = collect(corpus)
             started = time.perf_counter()
             x, n_new = embed_corpus(self._encoder(), texts, ctx.embedding_cache, ctx.progress)
             log.info("%s: %d embeddings, %d encoded now (%.1f s), %d from the cache", name, len(texts), n_new,
                      time.perf_counter() - started, len(texts) - n_new)
-            data[name] = (x, multi_hot(labels, self.labels), texts)
+            data[name] = (x, multi_hot(labels, self.labels), texts, ids)
         return data
 
     def _vectors(self, texts: Sequence[str]) -> "np.ndarray":
@@ -79,6 +82,8 @@ class EmbedLinear(EmbeddingBackend):
 
     name = "embed-linear"
     can_fine_tune = True
+    NO_REASONS = ("the head reads one sentence vector of the whole abstract: no word or phrase has a score of its "
+                  "own (the kNN model names the training patents behind a label)")
     LEARNED = ("encoder_tag",)
     DEFAULTS: dict[str, Any] = {
         **EmbeddingBackend.ENCODER_DEFAULTS,
@@ -156,8 +161,8 @@ class EmbedLinear(EmbeddingBackend):
 
         p = self.params
         encoder, head = self._encoder(), self.head
-        _, yt, texts = train
-        _, yv, valid_texts = valid
+        _, yt, texts, _ = train
+        _, yv, valid_texts, _ = valid
         y, lengths = torch.from_numpy(yt), [len(t) for t in texts]
         bs, epochs, lr = int(p["fine_tune_batch_size"]), int(p["fine_tune_epochs"]), float(p["encoder_lr"])
         model = EncoderHead(encoder.model, head)
@@ -230,6 +235,7 @@ class EmbedKNN(EmbeddingBackend):
     """
 
     name = "embed-knn"
+    explains = True
     LEARNED = ("k", "power", "text_weight")
     DEFAULTS: dict[str, Any] = {
         **EmbeddingBackend.ENCODER_DEFAULTS,
@@ -256,6 +262,7 @@ class EmbedKNN(EmbeddingBackend):
         self.memory_labels: Any = None  # scipy CSR (n_train, labels)
         self.features = TfidfFeatures(self.params)
         self.text_memory: Any = None  # scipy CSR (n_train, features) when text_weight > 0
+        self.memory_ids: list[str] | None = None  # training patent id of each memory row (None: an older artifact)
 
     def _grid(self, name: str) -> list[float]:
         value = self.params[name]
@@ -271,8 +278,8 @@ class EmbedKNN(EmbeddingBackend):
 
         started = time.perf_counter()
         data = self._embed_splits(train, valid, ctx)
-        xt, yt, train_texts = data["train"]
-        xv, yv, valid_texts = data["valid"]
+        xt, yt, train_texts, self.memory_ids = data["train"]
+        xv, yv, valid_texts, _ = data["valid"]
         # Stored as float16: round now, so the scores chosen on here are those the saved model gives.
         self.memory = xt.astype(np.float16).astype(np.float32)
         self.memory_labels = sp.csr_matrix(yt)
@@ -302,6 +309,14 @@ class EmbedKNN(EmbeddingBackend):
         seconds = time.perf_counter() - started
         ctx.on_epoch(EpochLog(1, None, None, f1, p1, seconds, len(xt) / max(seconds, 1e-9)))
 
+    def _similarities(self, texts: Sequence[str]) -> "np.ndarray":
+        """(n, n_train) similarity of each text to every training patent, as the vote uses it."""
+        from patentml.knn import similarities
+
+        tw = float(self.setting("text_weight"))
+        return similarities(self._vectors(texts), self.memory, self.features.transform(texts) if tw > 0 else None,
+                            self.text_memory, tw)
+
     def predict_scores(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
         from patentml.knn import knn_scores
 
@@ -310,6 +325,37 @@ class EmbedKNN(EmbeddingBackend):
         return knn_scores(self._vectors(texts), self.memory, self.memory_labels, int(self.setting("k")),
                           float(self.setting("power")), self.features.transform(texts) if tw > 0 else None,
                           self.text_memory, tw)
+
+    def explain(self, texts: Sequence[str], labels_per_text: Sequence[Sequence[str]],
+                top_n: int = 5) -> list[dict[str, dict[str, Any]]]:
+        """The nearest training patents that voted for each label: id, similarity, share of the vote, labels.
+
+        A label's score is the sum of the ``weight`` of the neighbours that hold it.
+        """
+        import numpy as np
+
+        from patentml.knn import nearest, vote_weights
+
+        assert self.memory is not None, "fit or load the model first"
+        index = {label: j for j, label in enumerate(self.labels)}
+        out = []
+        for start in range(0, len(texts), 256):  # (chunk, n_train) similarities at a time
+            idx, sims = nearest(self._similarities(texts[start : start + 256]), int(self.setting("k")))
+            weights = vote_weights(sims, float(self.setting("power")))
+            for r, labels in enumerate(labels_per_text[start : start + 256]):
+                rows = idx[r]
+                held = self.memory_labels[rows].toarray() > 0  # (k, labels)
+                explained = {}
+                for label in labels:
+                    voters = [n for n in np.flatnonzero(held[:, index[label]]) if weights[r, n] > 0][:top_n]
+                    explained[label] = {"method": "neighbours", "neighbours": [
+                        {"patent_id": None if self.memory_ids is None else self.memory_ids[rows[n]],
+                         "similarity": round(float(sims[r, n]), 4), "weight": round(float(weights[r, n]), 4),
+                         "labels": [self.labels[j] for j in np.flatnonzero(held[n])]} for n in voters]}
+                    if self.memory_ids is None:
+                        explained[label]["note"] = "this model was saved without its training patent ids"
+                out.append(explained)
+        return out
 
     def n_params(self) -> int:
         if self.memory is None:
@@ -331,6 +377,8 @@ class EmbedKNN(EmbeddingBackend):
             arrays.update({"text_data": t.data.astype(np.float32), "text_indices": t.indices.astype(np.int32),
                            "text_indptr": t.indptr.astype(np.int64)})
         save_arrays(folder / KNN_FILE, arrays)
+        if self.memory_ids is not None:
+            (folder / KNN_IDS_FILE).write_text(json.dumps(self.memory_ids))
         self._encoder().save(folder / ENCODER_DIR, weights=False)
 
     def _load(self, folder: Path) -> None:
@@ -346,6 +394,11 @@ class EmbedKNN(EmbeddingBackend):
         self.memory = memory.astype(np.float32)
         self.memory_labels = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
                                            shape=(len(memory), len(self.labels)))
+        ids_file = folder / KNN_IDS_FILE
+        if ids_file.is_file():
+            self.memory_ids = [str(i) for i in json.loads(ids_file.read_text())]
+            if len(self.memory_ids) != len(memory):
+                raise ConfigError(f"{ids_file}: {len(self.memory_ids)} ids for {len(memory)} neighbour rows")
         if float(self.setting("text_weight")) > 0:
             self.features.load(folder, arrays)
             self.text_memory = sp.csr_matrix((arrays["text_data"], arrays["text_indices"], arrays["text_indptr"]),

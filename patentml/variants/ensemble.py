@@ -77,6 +77,7 @@ class Ensemble(Backend):
 
     name = "ensemble"
     built_from_runs = True
+    explains = True
     DEFAULTS: dict[str, Any] = {
         "members": ["tfidf-svm-full", "embed-linear-full", "embed-knn-full"],
         #: Explicit member run ids (instead of "latest run of each variant on this snapshot").
@@ -140,6 +141,21 @@ class Ensemble(Backend):
                 m.embedding_cache = self.embedding_cache
                 out += w * m.predict_scores(texts)
         return out
+
+    def explain(self, texts: Sequence[str], labels_per_text: Sequence[Sequence[str]],
+                top_n: int = 5) -> list[dict[str, dict[str, Any]]]:
+        """Each member's weight, its score for the label and its own reasons; the blend's score is the sum
+        of weight x score over the members."""
+        index = {label: j for j, label in enumerate(self.labels)}
+        parts = []
+        for w, m in zip(self.weights, self.members):
+            if w > 0:
+                m.embedding_cache = self.embedding_cache
+                parts.append((w, m, m.predict_scores(texts), m.explain(texts, labels_per_text, top_n)))
+        return [{label: {"method": "blend", "members": [
+            {"backend": m.name, "weight": w, "score": round(float(scores[i, index[label]]), 4),
+             "explanation": reasons[i][label]} for w, m, scores, reasons in parts]} for label in labels}
+            for i, labels in enumerate(labels_per_text)]
 
     def n_params(self) -> int:
         return sum(m.n_params() for m, w in zip(self.members, self.weights) if w > 0)

@@ -142,12 +142,18 @@ class TfidfFeatures:
             shape=(len(texts), len(self.idf)),
         )
 
+    @property
+    def terms(self) -> list[str]:
+        """Feature index -> term (word or n-gram), the inverse of the vocabulary."""
+        if len(getattr(self, "_terms", ())) != len(self.vocabulary):
+            self._terms = [""] * len(self.vocabulary)
+            for term, idx in self.vocabulary.items():
+                self._terms[idx] = term
+        return self._terms
+
     def save(self, folder: Path) -> dict[str, "np.ndarray"]:
         """Writes the vocabulary; returns the arrays for the caller to store beside its own."""
-        terms = [""] * len(self.vocabulary)
-        for term, idx in self.vocabulary.items():
-            terms[idx] = term
-        (folder / VOCAB_FILE).write_text(json.dumps(terms))
+        (folder / VOCAB_FILE).write_text(json.dumps(self.terms))
         assert self.idf is not None
         return {"idf": self.idf}
 
@@ -165,6 +171,7 @@ class TfidfLinear(Backend):
     name = "tfidf"
     classifier = "logreg"
     predict_batch = 1024
+    explains = True
     #: Multiplies the linear scores before the sigmoid (see :data:`SVM_MARGIN_SCALE`).
     score_scale = 1.0
     DEFAULTS: dict[str, Any] = {
@@ -185,6 +192,7 @@ class TfidfLinear(Backend):
         self.features = TfidfFeatures(self.params)
         self.coef: Any = None  # scipy.sparse.csr_matrix (labels, features)
         self.intercept: "np.ndarray | None" = None
+        self._coef_t: Any = None  # coef.T as CSR, made once (see predict_scores)
 
     @property
     def vocabulary(self) -> dict[str, int]:
@@ -212,7 +220,7 @@ class TfidfLinear(Backend):
         # the same per-label fits give 0.999 on train), and a plain loop is easier to store anyway.
         coef, intercept = _fit_per_label(x, y, float(self.params["C"]), self.params["class_weight"], self.classifier)
         coef[np.abs(coef) < float(self.params["prune"])] = 0.0
-        self.coef = sp.csr_matrix(coef)
+        self.coef, self._coef_t = sp.csr_matrix(coef), None
         self.intercept = intercept
         seconds = time.perf_counter() - started
         ctx.on_epoch(EpochLog(1, None, None, None, None, seconds, len(texts) / max(seconds, 1e-9)))
@@ -225,9 +233,41 @@ class TfidfLinear(Backend):
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             x = self.transform(texts[start : start + batch_size])
-            z = (x @ self.coef.T).toarray() + self.intercept  # (batch, labels)
+            z = (x @ self._weights()).toarray() + self.intercept  # (batch, labels)
             out[start : start + batch_size] = _sigmoid(z * self.score_scale)
         return out
+
+    def explain(self, texts: Sequence[str], labels_per_text: Sequence[Sequence[str]],
+                top_n: int = 5) -> list[dict[str, dict[str, Any]]]:
+        """The terms of each text that add most to a label's score: TF-IDF weight x coefficient, the term's
+        share of the label's logit (``weight``; the logit is their sum plus the label's ``bias``)."""
+        import numpy as np
+
+        assert self.coef is not None and self.intercept is not None, "fit or load the model first"
+        index = {label: j for j, label in enumerate(self.labels)}
+        terms, x = self.features.terms, self.transform(texts).tocsr()
+        out = []
+        for i, labels in enumerate(labels_per_text):
+            row = x[i]
+            cols, values = row.indices, row.data
+            explained = {}
+            for label in labels:
+                j = index[label]
+                weights = self.coef[j, cols].toarray().ravel() * values * self.score_scale  # (terms in text,)
+                best = [t for t in np.argsort(-weights, kind="stable")[:top_n] if weights[t] > 0]
+                explained[label] = {"method": "terms", "bias": round(float(self.intercept[j] * self.score_scale), 4),
+                                    "terms": [{"term": terms[cols[t]], "weight": round(float(weights[t]), 4)}
+                                              for t in best]}
+            out.append(explained)
+        return out
+
+    def _weights(self) -> Any:
+        """The coefficients as a (features, labels) CSR matrix. ``x @ coef.T`` converts the transposed
+        matrix anew on every call: measured 160 ms per single abstract for tfidf-svm-full on the sample
+        data (1.1M coefficients), 3 ms with the conversion done once."""
+        if self._coef_t is None or self._coef_t.shape[::-1] != self.coef.shape:
+            self._coef_t = self.coef.T.tocsr()
+        return self._coef_t
 
     def n_params(self) -> int:
         return 0 if self.coef is None else int(self.coef.nnz + len(self.intercept))
