@@ -142,7 +142,7 @@ def nearest_rows(x: np.ndarray, index: VectorIndex, k: int, text_x: Any = None, 
     ``candidates`` nearest rows by vector, re-scored exactly (with TF-IDF when ``text_weight`` > 0).
     """
     from patentml.metrics import top_k
-    from patentml.variants.embed import nearest, similarities
+    from patentml.knn import nearest, similarities
 
     k = max(1, min(int(k), len(index)))
     x = np.ascontiguousarray(x, dtype=np.float32)

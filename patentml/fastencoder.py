@@ -11,24 +11,17 @@ import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from patentml.exceptions import ConfigError, DependencyError, ModelError
+from patentml.sentence import pooling_mode, vector_key
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8")
-#: sentence-transformers pooling flags (1_Pooling/config.json) this module implements, by our name.
-POOLING_FLAGS = {
-    "mean": "pooling_mode_mean_tokens",
-    "cls": "pooling_mode_cls_token",
-    "max": "pooling_mode_max_tokens",
-    "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
-}
 #: Bumped when the exported graph changes (inputs, outputs, opset): old cache folders are then ignored.
 EXPORT_VERSION = 1
 OPSET = 17
@@ -61,32 +54,6 @@ class Int8Recipe:
 #: The feed-forward output projections of every layer (not the attention output, ``attention/output/dense``).
 FFN_OUTPUT = r"layer\.\d+/output/dense/"
 DEFAULT_RECIPE = Int8Recipe()
-
-
-def pooling_mode(model_dir: Path) -> str:
-    """The model's own sentence-transformers pooling, or ``mean`` when the folder has no pooling config."""
-    modules_file = model_dir / "modules.json"
-    pool_dir = "1_Pooling"
-    if modules_file.is_file():
-        try:
-            modules = json.loads(modules_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{modules_file}: not readable JSON ({exc})") from exc
-        pool_dir = next((m.get("path", pool_dir) for m in modules if str(m.get("type", "")).endswith(".Pooling")),
-                        pool_dir)
-    config_file = model_dir / pool_dir / "config.json"
-    if not config_file.is_file():
-        return "mean"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{config_file}: not readable JSON ({exc})") from exc
-    on = sorted(k for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
-    known = {flag: name for name, flag in POOLING_FLAGS.items()}
-    if len(on) != 1 or on[0] not in known:
-        raise ConfigError(f"{config_file}: pooling {', '.join(on) or 'none'} is not supported; "
-                          f"one of {', '.join(POOLING_FLAGS.values())} must be true")
-    return known[on[0]]
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -155,15 +122,6 @@ def weights_digest(folder: Path) -> str:
         p.name == "config.json" or p.suffix in (".safetensors", ".bin")))
     stamp = tuple((n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns) for n in names)
     return _files_digest(str(folder), stamp)
-
-
-def vector_key(model: Any, source: str, max_length: int, tag: str | None, pooling: str) -> str:
-    """The cache key of the vectors: SentenceEncoder's (one formula) plus the pooling when not mean."""
-    from patentml.variants.embed import SentenceEncoder
-
-    fields = SimpleNamespace(model=model, source=source, max_length=max_length, tag=tag)
-    base = SentenceEncoder.key.fget(fields)  # type: ignore[attr-defined]
-    return base if pooling == "mean" else f"{base}:{pooling}"
 
 
 def _versions() -> dict[str, str | None]:
@@ -325,7 +283,7 @@ class FastEncoder:
         if runtime == "torch":
             self.tokenizer, self.model = load_encoder(self.source)
             self.dim = int(self.model.config.hidden_size)
-            self._key = vector_key(self.model, self.source, self.max_length, tag, self.pooling)
+            self._key = vector_key(self.model.config.to_dict(), self.source, self.max_length, self.pooling, tag)
             self._hidden = self._torch_hidden
         else:
             from transformers import AutoTokenizer
@@ -339,8 +297,7 @@ class FastEncoder:
             self.onnx_dir, self.session = self._open(folder, cache_dir, spinning)
             meta = json.loads((self.onnx_dir / META_FILE).read_text(encoding="utf-8"))
             self.dim = int(meta["config"]["hidden_size"])
-            config = SimpleNamespace(to_dict=lambda: meta["config"])
-            self._key = vector_key(SimpleNamespace(config=config), self.source, self.max_length, tag, self.pooling)
+            self._key = vector_key(meta["config"], self.source, self.max_length, self.pooling, tag)
             self._hidden = self._onnx_hidden
         self.names = input_names(self.tokenizer)
 

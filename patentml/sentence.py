@@ -23,9 +23,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Pooling modes of sentence-transformers' ``Pooling`` module that PatentML implements.
-POOLING_MODES = ("mean", "cls", "max")
-_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+#: sentence-transformers pooling flags (``1_Pooling/config.json``) that PatentML implements, by our name.
+POOLING_FLAGS = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+}
 
 
 class EmbeddingCache(Protocol):
@@ -40,35 +44,51 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def pooling_mode(folder: Path | str) -> str:
+def pooling_mode(model_dir: Path | str) -> str:
     """The pooling a sentence-transformers model folder declares (``modules.json`` -> its Pooling config).
 
     Plain Hugging Face folders declare none: mean pooling, the sentence-transformers default.
     """
-    folder = Path(folder)
-    modules = folder / "modules.json"
-    if not modules.is_file():
+    model_dir = Path(model_dir)
+    modules_file = model_dir / "modules.json"
+    pool_dir = "1_Pooling"
+    if modules_file.is_file():
+        try:
+            modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{modules_file}: not readable JSON ({exc})") from exc
+        pool_dir = next((m.get("path", pool_dir) for m in modules if str(m.get("type", "")).endswith(".Pooling")),
+                        pool_dir)
+    config_file = model_dir / pool_dir / "config.json"
+    if not config_file.is_file():
         return "mean"
     try:
-        entries = json.loads(modules.read_text())
-        path = next(m["path"] for m in entries if str(m.get("type", "")).endswith(".Pooling"))
-        config = json.loads((folder / path / "config.json").read_text())
-    except StopIteration:
-        return "mean"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot read the pooling config of the encoder in {folder}: {exc}") from exc
-    chosen = [mode for flag, mode in _POOLING_FLAGS.items() if config.get(flag)]
-    unsupported = [k for k, v in config.items() if k.startswith("pooling_mode") and v and k not in _POOLING_FLAGS]
-    if unsupported or len(chosen) != 1:
-        raise ConfigError(f"encoder {folder} pools with {unsupported or chosen or 'nothing'}; "
-                          f"PatentML implements exactly one of {', '.join(POOLING_MODES)}")
-    return chosen[0]
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{config_file}: not readable JSON ({exc})") from exc
+    on = sorted(k for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
+    known = {flag: name for name, flag in POOLING_FLAGS.items()}
+    if len(on) != 1 or on[0] not in known:
+        raise ConfigError(f"{config_file}: pooling {', '.join(on) or 'none'} is not supported; "
+                          f"one of {', '.join(POOLING_FLAGS.values())} must be true")
+    return known[on[0]]
+
+
+def vector_key(config: dict, source: str, max_length: int, pooling: str, tag: str | None) -> str:
+    """Names the vectors of an encoder in caches: its config and name, the length cap, the pooling
+    (when not mean) and the tag of fine-tuned weights. Every runtime computing the same vectors shares it."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    name = Path(source).name if Path(source).is_dir() else source
+    key = f"{name}:{max_length}:{digest}"
+    if pooling != "mean":
+        key += f":{pooling}"
+    return f"{key}:{tag}" if tag else key
 
 
 def save_pooling(folder: Path, mode: str, dim: int) -> None:
     """Write a sentence-transformers pooling config beside saved encoder weights, so they load as they were pooled."""
     (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
-    flags = {flag: mode == name for flag, name in _POOLING_FLAGS.items()}
+    flags = {flag: mode == name for name, flag in POOLING_FLAGS.items()}
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": dim, **flags}, indent=1))
     (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -98,13 +118,8 @@ class SentenceEncoder:
 
     @property
     def key(self) -> str:
-        """Identifies the vectors: the encoder (by its config and name), the length cap, the pooling and the tag."""
-        config = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
-        name = Path(self.source).name if Path(self.source).is_dir() else self.source
-        key = f"{name}:{self.max_length}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
-        if self.pooling != "mean":
-            key += f":{self.pooling}"
-        return f"{key}:{self.tag}" if self.tag else key
+        """Identifies the vectors (:func:`vector_key`)."""
+        return vector_key(self.model.config.to_dict(), self.source, self.max_length, self.pooling, self.tag)
 
     def pool(self, texts: Sequence[str], max_length: int | None = None) -> "torch.Tensor":
         """(batch, dim) unit vectors; differentiable, so fine-tuning trains through it."""
@@ -121,7 +136,7 @@ class SentenceEncoder:
             pooled = hidden[:, 0]  # (batch, dim)
         elif self.pooling == "max":
             pooled = hidden.masked_fill(mask == 0, float("-inf")).amax(1)  # (batch, dim)
-        else:
+        else:  # mean, or the sum over the square root of the length: one direction once normalised
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, dim)
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
 

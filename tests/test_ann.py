@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from patentml.ann import HnswParams, VectorIndex, nearest_rows
 from patentml.exceptions import ArtifactError
-from patentml.variants.embed import nearest, similarities
+from patentml.knn import nearest, similarities
 
 pytest.importorskip("faiss", reason="needs faiss-cpu")
 

@@ -100,7 +100,7 @@ def minilm() -> str:
 
 @pytest.fixture(scope="module")
 def reference(minilm: str) -> tuple[str, np.ndarray]:
-    from patentml.variants.embed import SentenceEncoder
+    from patentml.sentence import SentenceEncoder
 
     encoder = SentenceEncoder(minilm, 64)
     return encoder.key, encoder.encode(TEXTS)
