@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -17,10 +18,10 @@ import numpy as np
 
 from patentml.exceptions import ConfigError, DependencyError, ModelError
 from patentml.sentence import pooling_mode, vector_key
+from patentml.settings import ENCODER_RUNTIMES as RUNTIMES
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8")
 #: Bumped when the exported graph changes (inputs, outputs, opset): old cache folders are then ignored.
 EXPORT_VERSION = 1
@@ -300,6 +301,7 @@ class FastEncoder:
             self._key = vector_key(meta["config"], self.source, self.max_length, self.pooling, tag)
             self._hidden = self._onnx_hidden
         self.names = input_names(self.tokenizer)
+        self._tokenizer_lock = threading.Lock()
 
     def _open(self, folder: Path, cache_dir: Path, spinning: bool) -> tuple[Path, Any]:
         """The cached graph and its session; a cached graph that will not load is rebuilt once."""
@@ -332,19 +334,28 @@ class FastEncoder:
         """(row indices, padded inputs) per batch, tokenised a chunk at a time and sorted by token length."""
         pad_id = int(self.tokenizer.pad_token_id or 0)
         for start in range(0, len(texts), CHUNK):
-            ids = self.tokenizer(list(texts[start : start + CHUNK]), truncation=True,
-                                 max_length=self.max_length)["input_ids"]
+            with self._tokenizer_lock:  # fast tokenizers refuse concurrent calls (prediction's threads)
+                ids = self.tokenizer(list(texts[start : start + CHUNK]), truncation=True,
+                                     max_length=self.max_length)["input_ids"]
             for rows in length_batches([len(r) for r in ids], self.batch_size):
                 yield start + rows, pad([ids[i] for i in rows], pad_id)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors, rows in the order of ``texts``."""
-        from tqdm import tqdm
+        from patentml.progress import Progress
 
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        total = sum(-(-min(CHUNK, len(texts) - s) // self.batch_size) for s in range(0, len(texts), CHUNK))
-        with tqdm(total=total, disable=not progress, desc="embed", unit=" batch", mininterval=1) as bar:
+        counter = Progress(len(texts), "encoding abstracts", "abstract", progress)
+        try:
             for rows, batch in self.batches(texts):
                 out[rows] = pool(self._hidden(batch), batch["attention_mask"], self.pooling)
-                bar.update()
+                counter.update(len(rows))
+        finally:
+            counter.close()
         return out
+
+    def save(self, folder: Path, weights: bool) -> None:
+        """The tokenizer into ``folder`` (inference only: saving weights needs the trainable SentenceEncoder)."""
+        if weights:
+            raise ModelError("the fast encoder is for inference: save weights from the SentenceEncoder that trained them")
+        self.tokenizer.save_pretrained(folder)

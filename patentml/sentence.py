@@ -168,6 +168,44 @@ class SentenceEncoder:
             save_pooling(folder, self.pooling, self.dim)
 
 
+def inference_encoder(source: str | None, max_length: int, batch_size: int, tag: str | None = None,
+                      precision: str = "fp32") -> "Encoder":
+    """The encoder that computes frozen vectors (training's cached inputs and prediction).
+
+    ONNX Runtime unless ``PATENTML_ENCODER_RUNTIME=torch``: its fp32 vectors equal torch's (cosine 1.0000)
+    and share their cache key, about twice as fast on CPU (``benchmarks/encoder.py``); ``precision`` int8
+    is ONNX dynamic quantisation, whose vectors get a key of their own. Without onnxruntime, fp32 falls
+    back to torch.
+    """
+    from patentml.exceptions import DependencyError
+    from patentml.settings import get_settings
+
+    settings = get_settings()
+    if settings.encoder_runtime == "torch" and precision == "fp32":
+        return SentenceEncoder(source, max_length, batch_size, tag=tag)
+    from patentml.fastencoder import FastEncoder
+
+    try:
+        return FastEncoder(source, max_length, batch_size, tag, runtime=settings.encoder_runtime,
+                           precision=precision, threads=settings.threads)
+    except DependencyError as exc:
+        if precision != "fp32":
+            raise
+        log.warning("%s; encoding with torch", exc)
+        return SentenceEncoder(source, max_length, batch_size, tag=tag)
+
+
+class Encoder(Protocol):
+    """What computes vectors: :class:`SentenceEncoder` or :class:`patentml.fastencoder.FastEncoder`."""
+
+    key: str
+    dim: int
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> "np.ndarray": ...
+
+    def save(self, folder: Path, weights: bool) -> None: ...
+
+
 #: Vectors computed in this process, by (encoder key, text hash). Bounded; the oldest entries leave first.
 _RECENT: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
 _RECENT_LOCK = threading.Lock()  # prediction scores in worker threads
@@ -180,7 +218,7 @@ def forget_recent() -> None:
         _RECENT.clear()
 
 
-def embed_corpus(encoder: SentenceEncoder, texts: Sequence[str], cache: EmbeddingCache | None,
+def embed_corpus(encoder: "Encoder", texts: Sequence[str], cache: EmbeddingCache | None,
                  progress: bool = False) -> tuple["np.ndarray", int]:
     """Vectors for ``texts``, encoding only those neither this process nor the cache has; returns
     (vectors, number encoded)."""

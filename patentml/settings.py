@@ -14,6 +14,8 @@ ENV_PREFIX = "PATENTML_"
 LABEL_SCHEMES = ("CPC", "IPC", "CPC+IPC")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
+#: Runtimes of the frozen encoder (the fast encoder's, :data:`patentml.fastencoder.RUNTIMES`, refers here).
+ENCODER_RUNTIMES = ("torch", "onnx")
 
 
 def _default_home() -> Path:
@@ -48,6 +50,9 @@ class Settings:
     bert_model: str | None = None
     #: ``auto`` uses CUDA when present.
     device: str = "auto"
+    #: How frozen sentence vectors are computed on CPU: ``onnx`` (ONNX Runtime, fp32 vectors equal
+    #: torch's) or ``torch``. Fine-tuning always trains in torch.
+    encoder_runtime: str = "onnx"
     #: Torch CPU threads; 0 means one per core.
     threads: int = 0
     log_level: str = "INFO"
@@ -76,6 +81,9 @@ class Settings:
         object.__setattr__(self, "log_level", self.log_level.upper())
         if self.device not in DEVICES:
             raise ConfigError(f"PATENTML_DEVICE={self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.encoder_runtime not in ENCODER_RUNTIMES:
+            raise ConfigError(f"PATENTML_ENCODER_RUNTIME={self.encoder_runtime!r} is not one of "
+                              f"{', '.join(ENCODER_RUNTIMES)}")
         if self.threads < 0:
             raise ConfigError(f"PATENTML_THREADS={self.threads} must be 0 (one per core) or positive")
         if not 0 <= self.promotion_margin < 1:

@@ -168,3 +168,29 @@ def test_torch_runtime_follows_cls_pooling(minilm: str, reference: tuple[str, np
     mean = FastEncoder(minilm, 64, runtime="torch", precision="fp32")
     assert mean.key == reference[0]
     np.testing.assert_allclose(mean.encode(TEXTS), reference[1], atol=2e-5)
+
+
+def test_backends_encode_with_the_runtime_the_setting_names(minilm: str, reference: tuple[str, np.ndarray],
+                                                           tmp_path: Path) -> None:
+    """The embed-* backends' frozen vectors: ONNX fp32 by default (the vectors and key of torch), torch when
+    PATENTML_ENCODER_RUNTIME says so, int8 only when the model's encoder_precision asks for it."""
+    from patentml.sentence import SentenceEncoder, forget_recent
+    from patentml.settings import Settings, get_settings, set_settings
+    from patentml.variants.embed import EmbedKNN
+
+    before = get_settings()
+    key, ref = reference
+    try:
+        for runtime, kind in (("onnx", FastEncoder), ("torch", SentenceEncoder)):
+            set_settings(Settings(home=tmp_path, encoder_runtime=runtime))
+            forget_recent()  # each runtime computes its own vectors
+            backend = EmbedKNN(["H04L"], {"bert_model": minilm, "max_length": 64})
+            assert type(backend._encoder()) is kind and backend._encoder().key == key
+            np.testing.assert_allclose(backend._vectors(TEXTS[:2]), ref[:2], atol=2e-5)
+        set_settings(Settings(home=tmp_path))
+        int8 = EmbedKNN(["H04L"], {"bert_model": minilm, "max_length": 64, "encoder_precision": "int8"})
+        assert int8._encoder().key.startswith(key + ":int8-")
+        with pytest.raises(ConfigError, match="PATENTML_ENCODER_RUNTIME='tensorrt' is not one of torch, onnx"):
+            Settings(home=tmp_path, encoder_runtime="tensorrt")
+    finally:
+        set_settings(before)
