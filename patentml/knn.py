@@ -1,7 +1,8 @@
 """Nearest-neighbour label voting: the most similar training patents vote for their labels.
 
 Similarity is the cosine of sentence vectors, optionally mixed with the cosine of TF-IDF rows (a
-hybrid that catches exact technical terms). Exact search, in chunks of queries.
+hybrid that catches exact technical terms). The search itself is :mod:`patentml.ann`'s: exact below a
+size threshold, an HNSW index above it.
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ def similarities(x: np.ndarray, memory: np.ndarray, text_x: Any = None, text_mem
     return sim
 
 
-def knn_scores(x: np.ndarray, memory: np.ndarray, memory_labels: Any, k: int, power: float,
-               text_x: Any = None, text_memory: Any = None, text_weight: float = 0.0,
-               chunk: int = 1024) -> np.ndarray:
-    """Label scores (n, labels) from the ``k`` most similar training patents (see ``vote``)."""
-    out = np.zeros((len(x), memory_labels.shape[1]), dtype=np.float32)
-    for start in range(0, len(x), chunk):
-        rows = slice(start, start + chunk)
-        sim = similarities(x[rows], memory, text_x[rows] if text_weight > 0 else None, text_memory, text_weight)
-        out[rows] = vote(*nearest(sim, k), memory_labels, power)
-    return out
+def knn_scores(x: np.ndarray, memory: Any, memory_labels: Any, k: int, power: float,
+               text_x: Any = None, text_memory: Any = None, text_weight: float = 0.0) -> np.ndarray:
+    """Label scores (n, labels) from the ``k`` most similar training patents (see ``vote``).
+
+    ``memory`` is the (n_train, dim) vectors (exact search) or a :class:`patentml.ann.VectorIndex`
+    (exact below its threshold, HNSW above); the search runs in bounded chunks of queries.
+    """
+    from patentml.ann import VectorIndex, nearest_rows
+
+    index = memory if isinstance(memory, VectorIndex) else VectorIndex(memory=memory)
+    return vote(*nearest_rows(x, index, k, text_x, text_memory, text_weight), memory_labels, power)

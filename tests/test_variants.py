@@ -190,6 +190,26 @@ def test_hybrid_knn_learns_k_on_validation_as_artifact_state(tmp_path) -> None:
     assert ((model.predict_scores(texts) >= 0) & (model.predict_scores(texts) <= 1 + 1e-6)).all()
 
 
+def test_knn_above_the_ann_threshold_searches_an_hnsw_index_saved_in_the_artifact(tmp_path) -> None:
+    """A memory larger than ann_threshold goes through faiss HNSW: on a toy memory it finds the exact
+    neighbours, so the scores equal exact search's; the index is an artifact file read back without pickle."""
+    pytest.importorskip("faiss", reason="needs faiss-cpu")
+    from patentml.variants.embed import ANN_FILE
+
+    params = {"max_length": 32, "k": 3, "power": 1.0, "text_weight": 0.0}
+    exact = fit_in_memory("embed-knn", tmp_path / "a", params)
+    approx = fit_in_memory("embed-knn", tmp_path / "b", {**params, "ann_threshold": 5})
+    assert exact._index().kind == "exact" and approx._index().kind == "hnsw"
+    texts = ["a network packet router", "maize seed", "a turbine blade coating"]
+    assert np.allclose(exact.predict_scores(texts), approx.predict_scores(texts), atol=1e-3)
+    exact.save(tmp_path / "exact")
+    approx.save(tmp_path / "approx")
+    assert not (tmp_path / "exact" / ANN_FILE).exists() and (tmp_path / "approx" / ANN_FILE).is_file()
+    fresh = load_backend(tmp_path / "approx")
+    assert fresh._index().kind == "hnsw" and len(fresh._index()) == len(approx.memory)
+    assert np.allclose(fresh.predict_scores(texts), approx.predict_scores(texts), atol=1e-6)
+
+
 def test_knn_run_records_the_resolved_settings(engine, settings, snapshot) -> None:
     run_id = train("embed-knn-full", settings, overrides={"max_length": 32, "k_grid": [3, 5], "power_grid": [1.0],
                                                              "text_weight_grid": [0.0]}, engine=engine)

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from patentml.ann import EXACT_MAX
 from patentml.exceptions import ConfigError
 from patentml.text import MAX_TOKENS
 from patentml.variants.base import SENTENCE_VECTORS, Backend, Corpus, EpochLog, FitContext, collect
@@ -29,6 +30,8 @@ KNN_FILE = "neighbours.safetensors"
 #: The training patent ids of the kNN memory, row by row (JSON; artifacts from before it lack it).
 KNN_IDS_FILE = "neighbour_ids.json"
 ENCODER_DIR = "encoder"
+#: The HNSW index of a kNN memory above ``ann_threshold`` rows (safetensors, no pickle).
+ANN_FILE = "neighbours.ann.safetensors"
 
 #: A split as (sentence vectors, multi-hot labels, texts, patent ids).
 EmbeddedSplit = tuple["np.ndarray", "np.ndarray", list[str], list[str]]
@@ -279,6 +282,8 @@ class EmbedKNN(EmbeddingBackend):
         "ngram_max": 2,
         "sublinear_tf": True,
         "max_tokens": MAX_TOKENS,
+        #: Memories of more training patents than this are searched through an HNSW index (patentml.ann).
+        "ann_threshold": EXACT_MAX,
     }
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
@@ -290,6 +295,14 @@ class EmbedKNN(EmbeddingBackend):
         self.features = TfidfFeatures(self.params)
         self.text_memory: Any = None  # scipy CSR (n_train, features) when text_weight > 0
         self.memory_ids: list[str] | None = None  # training patent id of each memory row (None: an older artifact)
+        self.index: Any = None  # patentml.ann.VectorIndex over the memory: exact, or HNSW above ann_threshold
+
+    def _index(self) -> Any:
+        from patentml.ann import VectorIndex
+
+        if self.index is None:
+            self.index = VectorIndex.build(self.memory, int(self.params["ann_threshold"]))
+        return self.index
 
     def _grid(self, name: str) -> list[float]:
         value = self.params[name]
@@ -299,7 +312,8 @@ class EmbedKNN(EmbeddingBackend):
         import numpy as np
         import scipy.sparse as sp
 
-        from patentml.knn import nearest, similarities, vote
+        from patentml.ann import nearest_rows
+        from patentml.knn import vote
         from patentml.metrics import at_k, choose_threshold
         from patentml.nn.loop import MIN_IMPROVEMENT
 
@@ -309,6 +323,7 @@ class EmbedKNN(EmbeddingBackend):
         xv, yv, valid_texts, _ = data["valid"]
         # Stored as float16: round now, so the scores chosen on here are those the saved model gives.
         self.memory = xt.astype(np.float16).astype(np.float32)
+        self.index = None
         self.memory_labels = sp.csr_matrix(yt)
         text_weights = self._grid("text_weight")
         text_x = None
@@ -319,7 +334,7 @@ class EmbedKNN(EmbeddingBackend):
         ks = [int(k) for k in self._grid("k")]
         best: tuple[float, float, dict[str, float]] = (-1.0, 0.0, {})
         for tw in text_weights:
-            neighbours = nearest(similarities(xv, self.memory, text_x, self.text_memory, tw), max(ks))
+            neighbours = nearest_rows(xv, self._index(), max(ks), text_x, self.text_memory, tw)
             for k in ks:
                 for power in self._grid("power"):
                     scores = vote(neighbours[0][:, :k], neighbours[1][:, :k], self.memory_labels, power)
@@ -349,7 +364,7 @@ class EmbedKNN(EmbeddingBackend):
 
         assert self.memory is not None, "fit or load the model first"
         tw = float(self.setting("text_weight"))
-        return knn_scores(self._vectors(texts), self.memory, self.memory_labels, int(self.setting("k")),
+        return knn_scores(self._vectors(texts), self._index(), self.memory_labels, int(self.setting("k")),
                           float(self.setting("power")), self.features.transform(texts) if tw > 0 else None,
                           self.text_memory, tw)
 
@@ -406,6 +421,8 @@ class EmbedKNN(EmbeddingBackend):
         save_arrays(folder / KNN_FILE, arrays)
         if self.memory_ids is not None:
             (folder / KNN_IDS_FILE).write_text(json.dumps(self.memory_ids))
+        if self._index().kind == "hnsw":
+            self._index().save(folder / ANN_FILE)
         self._save_encoder(folder)
 
     def _load(self, folder: Path) -> None:
@@ -419,6 +436,11 @@ class EmbedKNN(EmbeddingBackend):
         if memory.ndim != 2 or len(indptr) != len(memory) + 1 or (len(indices) and indices.max() >= len(self.labels)):
             raise ConfigError(f"{folder / KNN_FILE}: inconsistent neighbour arrays for {len(self.labels)} labels")
         self.memory = memory.astype(np.float32)
+        self.index = None
+        if (folder / ANN_FILE).is_file():
+            from patentml.ann import VectorIndex
+
+            self.index = VectorIndex.load(folder / ANN_FILE)
         self.memory_labels = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
                                            shape=(len(memory), len(self.labels)))
         ids_file = folder / KNN_IDS_FILE
