@@ -21,6 +21,11 @@ EXAMPLE_QUERIES = (
 )
 
 
+#: The abstract the main job's champion classifies at the end (a real kind of filing, in no split).
+EXAMPLE_ABSTRACT = ("A wireless node retransmits data packets over two radio channels when the acknowledgement "
+                    "of the first transmission is lost, and selects the channel from the measured interference.")
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -63,7 +68,7 @@ def main_job_summary(engine: "Engine", since: dt.datetime, ui_url: str = "http:/
         verb = "Promoted" if d["promoted"] else "Kept"
         lines.append(f"  {verb:<9} champion {d['champion_after'] or '(none)'}: {d['reason']}")
     lines += ["", "Next", "",
-              "  Predict:  echo 'A wireless node retransmits packets over two channels ...' | .venv/bin/patentml predict -",
+              f"  Predict:  echo '{EXAMPLE_ABSTRACT[:56]} ...' | .venv/bin/patentml predict -",
               "  Query:    .venv/bin/patentml db shell     (psql on the results), then for example"]
     for title, sql in EXAMPLE_QUERIES:
         lines.append(f"              -- {title}")
