@@ -37,7 +37,7 @@ class FixedVectors:
     """An EmbeddingCache that serves given vectors by text hash, whatever the encoder key."""
 
     def __init__(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        from patentml.variants.embed import text_hash
+        from patentml.sentence import text_hash
 
         self.vectors = {text_hash(t): v for t, v in zip(texts, vectors)}
 
@@ -60,7 +60,7 @@ def vectors_for(name: str, split: str, texts: list[str], folder: Path, limit: in
         return v[: len(texts)]
     started = time.perf_counter()
     if RECIPES[name] is None:
-        from patentml.variants.embed import SentenceEncoder
+        from patentml.sentence import SentenceEncoder
 
         v = SentenceEncoder(None, 256).encode(texts, progress=True)
     else:
@@ -79,7 +79,7 @@ def vectors_for(name: str, split: str, texts: list[str], folder: Path, limit: in
 def scores_of(backend_cls: Any, labels: list[str], train: list, valid: list, memory: FixedVectors,
               queries: FixedVectors, seed: int) -> np.ndarray:
     from patentml.variants.base import FitContext
-    from patentml.variants.embed import forget_recent
+    from patentml.sentence import forget_recent
 
     forget_recent()  # the in-process memo is keyed by encoder key, which every configuration shares here
     backend = backend_cls(labels)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from patentml.db.engine import get_engine
     from patentml.settings import get_settings
     from patentml.splits import iter_split, label_space, latest_snapshot
-    from patentml.variants.base import label_matrix
+    from patentml.labels import multi_hot
     from patentml.variants.embed import EmbedKNN, EmbedLinear
 
     engine = get_engine(get_settings())
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         scheme = dict(conn.execute(text("SELECT patent_id, label_scheme FROM snapshot_members "
                                         "WHERE snapshot_id = :s AND split = 'valid'"), {"s": sid}).all())
     cpc = np.array([scheme[pid] == "CPC" for pid, _, _ in valid])
-    truth = label_matrix([ls for _, _, ls in valid], labels) > 0
+    truth = multi_hot([ls for _, _, ls in valid], labels) > 0
     # (train rows, validation rows) per fold: the splits, or validation's halves each trained on the other.
     halves = [np.arange(0, len(valid), 2), np.arange(1, len(valid), 2)]
     folds = ([(valid, halves[0], halves[1]), (valid, halves[1], halves[0])] if args.within_valid
