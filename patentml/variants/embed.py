@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from patentml.ann import EXACT_MAX
 from patentml.exceptions import ConfigError
 from patentml.text import MAX_TOKENS
 from patentml.variants.base import SENTENCE_VECTORS, Backend, Corpus, EpochLog, FitContext, collect
@@ -282,8 +281,9 @@ class EmbedKNN(EmbeddingBackend):
         "ngram_max": 2,
         "sublinear_tf": True,
         "max_tokens": MAX_TOKENS,
-        #: Memories of more training patents than this are searched through an HNSW index (patentml.ann).
-        "ann_threshold": EXACT_MAX,
+        #: Memories of more training patents than this are searched through an HNSW index; None:
+        #: patentml.ann.EXACT_MAX (100k), where the index starts to pay.
+        "ann_threshold": None,
     }
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
@@ -301,7 +301,9 @@ class EmbedKNN(EmbeddingBackend):
         from patentml.ann import VectorIndex
 
         if self.index is None:
-            self.index = VectorIndex.build(self.memory, int(self.params["ann_threshold"]))
+            threshold = self.params["ann_threshold"]
+            self.index = (VectorIndex.build(self.memory) if threshold is None
+                          else VectorIndex.build(self.memory, int(threshold)))
         return self.index
 
     def _grid(self, name: str) -> list[float]:
