@@ -106,7 +106,7 @@ def throughput(artifact: Path, data: Path, batch_size: int | None, limit: int | 
         lines = fh if limit is None else itertools.islice(fh, limit)
         import io
 
-        stream = io.StringIO("".join(lines))
+        stream = io.BytesIO("".join(lines).encode("utf-8"))
         started, cpu = time.perf_counter(), time.process_time()
         summary = predict_stream(predictor, stream, sink, batch_size=batch_size)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu

@@ -30,12 +30,18 @@ echo "== Airflow login (SimpleAuthManager)"
 mkdir -p "$(dirname "$passwords")"
 python - "$passwords" <<'PY'
 import json, os, sys
-# Readable by its owner only, written under a temporary name and renamed: never half a file.
+# Readable by its owner only, written under a temporary name and renamed: never half a file, and no
+# half-written copy of the password left behind when the write fails (a full disk).
 path = sys.argv[1]
-fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-with os.fdopen(fd, "w") as fh:
-    json.dump({"admin": os.environ["AIRFLOW_ADMIN_PASSWORD"]}, fh)
-os.replace(path + ".tmp", path)
+tmp = path + ".tmp"
+fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+try:
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"admin": os.environ["AIRFLOW_ADMIN_PASSWORD"]}, fh)
+    os.replace(tmp, path)
+except BaseException:
+    os.unlink(tmp)
+    raise
 PY
 
 echo "== Connections patentml_db and patentml_s3"

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 from patentml.exceptions import ArtifactError, ConfigError, DataError, StoreError
 from patentml.predict_io import Record
 from patentml.text import MAX_TOKENS
+from patentml.textio import lone_surrogate
 
 if TYPE_CHECKING:
     from patentml.settings import Settings
@@ -157,6 +158,9 @@ class Predictor:
         if len(text) > MAX_CHARS:
             text = text[:MAX_CHARS]
             warning = f"text longer than {MAX_CHARS:,} characters: truncated"
+        problem = lone_surrogate(text)  # JSON "\ud800": explanations would echo it, and UTF-8 cannot carry it
+        if problem is not None:
+            return None, None, f"text is not valid Unicode: {problem}"
         words = tokenize(text)
         if not words:
             return None, None, "text has no words (only punctuation or symbols)"

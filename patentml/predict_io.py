@@ -4,6 +4,10 @@ JSON lines are one object per input line (``{"id", "labels", "scores"}``, see :m
 CSV is long, one row per suggested label (``id, rank, subclass, score, selected``, the columns of
 ``patent_suggestions``), so a spreadsheet or ``pandas.read_csv`` needs no parsing of nested fields;
 an input line that could not be used is one row with its ``error``.
+
+Input is read as bytes and each line decoded strictly as UTF-8 on its own, with the line cap of
+:mod:`patentml.textio`: a bad byte, a lone-surrogate id or a newline-free gigabyte costs one error
+line, never the stream, and nothing is echoed back that UTF-8 cannot carry.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, TextIO
 
 from patentml.exceptions import ConfigError
+from patentml.textio import BOM, MAX_LINE_BYTES, OverlongLine, iter_lines, lone_surrogate, undecodable
 
 if TYPE_CHECKING:
     from patentml.predict import Predictor
@@ -50,6 +55,10 @@ def _json_record(line: str, lineno: int) -> Record:
     pid = obj.get("id", lineno)
     if pid is None:
         pid = lineno
+    # The id is echoed back: one that UTF-8 cannot carry (JSON "\ud800") is replaced by the line number.
+    problem = lone_surrogate(pid if isinstance(pid, str) else json.dumps(pid, ensure_ascii=False))
+    if problem is not None:
+        return Record(lineno, error=f'line {lineno}: "id" is not valid Unicode: {problem}')
     text = obj.get("abstract", obj.get("text"))
     if text is None:
         return Record(pid, error=f"line {lineno}: no \"abstract\" field")
@@ -58,38 +67,54 @@ def _json_record(line: str, lineno: int) -> Record:
     return Record(pid, text)
 
 
-def read_records(stream: TextIO, fmt: str = "auto") -> Iterator[Record]:
-    """Records from a text stream: ``jsonl``, ``text`` (one abstract per line), or ``auto``.
+def _record(lineno: int, raw: bytes | OverlongLine, fmt: str) -> Record:
+    """The record of one input line, or the error that makes it unusable."""
+    if isinstance(raw, OverlongLine):
+        return Record(lineno, error=f"line {lineno}: {raw.describe(MAX_LINE_BYTES)}")
+    try:
+        line = raw.decode("utf-8").rstrip("\r\n")  # strict: no surrogate can come out of it
+    except UnicodeDecodeError as exc:
+        return Record(lineno, error=f"line {lineno}: not valid UTF-8: {undecodable(raw, exc)} of the line")
+    if fmt == "text":
+        return Record(lineno, line)
+    if not line.strip():
+        return Record(lineno, error=f"line {lineno}: empty line")
+    return _json_record(line, lineno)
+
+
+def read_records(stream: BinaryIO, fmt: str = "auto") -> Iterator[Record]:
+    """Records from a binary stream: ``jsonl``, ``text`` (one abstract per line), or ``auto``.
 
     ``auto`` looks at the first non-blank line: ``{`` means JSON Lines. Every line gives one
     record (a blank line is an "empty text" error), so output line N answers input line N. Ids
-    default to the line number.
+    default to the line number. Lines are split on ``\n`` and decoded strictly as UTF-8 one by
+    one (a BOM before the first is dropped); one over :data:`~patentml.textio.MAX_LINE_BYTES` is
+    an error record and is never held whole.
     """
     if fmt not in INPUT_FORMATS:
         raise ConfigError(f"input format {fmt!r} must be one of {', '.join(INPUT_FORMATS)}")
-    pending: list[str] = []
+    lines = enumerate(iter_lines(stream, MAX_LINE_BYTES), 1)
+    first: tuple[int, bytes | OverlongLine] | None = None
+    blank = 0  # blank lines before the first that decides the format: counted, not kept
+    for lineno, raw in lines:
+        head = raw.head if isinstance(raw, OverlongLine) else raw
+        if lineno == 1:
+            head = head.removeprefix(BOM)
+            raw = head if isinstance(raw, bytes) else raw
+        if fmt != "auto" or head.strip():
+            if fmt == "auto":
+                fmt = "jsonl" if head.lstrip().startswith(b"{") else "text"
+            first = (lineno, raw)
+            break
+        blank += 1
     if fmt == "auto":
-        for line in stream:
-            pending.append(line)
-            if line.strip():
-                fmt = "jsonl" if line.lstrip().startswith("{") else "text"
-                break
-        else:
-            fmt = "text"
-
-    def lines() -> Iterator[str]:
-        yield from pending
-        yield from stream
-
-    for lineno, raw in enumerate(lines(), 1):
-        line = raw.rstrip("\r\n")
-        if fmt == "jsonl":
-            if not line.strip():
-                yield Record(lineno, error=f"line {lineno}: empty line")
-            else:
-                yield _json_record(line, lineno)
-        else:
-            yield Record(lineno, line)
+        fmt = "text"
+    for lineno in range(1, blank + 1):
+        yield _record(lineno, b"", fmt)
+    if first is not None:
+        yield _record(*first, fmt)
+    for lineno, raw in lines:
+        yield _record(lineno, raw, fmt)
 
 
 def count_lines(path: Path) -> int:
@@ -153,11 +178,12 @@ def write_lines(results: Iterable[dict[str, Any]], out: TextIO) -> int:
     return Writer(out).write_all(results).errors
 
 
-def predict_stream(predictor: "Predictor", stream: TextIO, out: TextIO, *, fmt: str = "auto",
+def predict_stream(predictor: "Predictor", stream: BinaryIO, out: TextIO, *, fmt: str = "auto",
                    output_format: str = "jsonl", top_k: int = 5, batch_size: int | None = None,
                    chunk: int | None = None, total: int | None = None, progress: bool = False,
                    explain: bool = False) -> dict[str, int]:
-    """Read records from ``stream``, write JSON lines or CSV to ``out``; a progress bar on stderr if asked."""
+    """Read records from the bytes of ``stream``, write JSON lines or CSV to ``out``; a progress bar on stderr
+    if asked."""
     writer = Writer(out, output_format)
     bar = None
     if progress:

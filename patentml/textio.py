@@ -1,10 +1,12 @@
-"""Untrusted text in bounded memory: lines read with a length cap, and messages clipped to a size.
+"""Untrusted text in bounded memory: lines read with a length cap, messages clipped to a size, and where
+text stops being UTF-8 or Unicode, said once for every reader.
 
-Ingest reads JSON Lines and XML with :func:`iter_lines`; prediction input can use it the same way.
+Ingest reads JSON Lines and XML with :func:`iter_lines`; ``patentml predict`` reads its input the same way.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -13,6 +15,10 @@ from typing import BinaryIO
 MAX_LINE_BYTES = 4 << 20
 #: Bytes read at a time while skipping the rest of an overlong line.
 _SKIP_BYTES = 1 << 20
+#: UTF-16 surrogates: a Python string holds one alone after JSON ``"\\ud800"`` or ``surrogateescape``; UTF-8 cannot.
+SURROGATES = re.compile("[\ud800-\udfff]")
+#: The byte order mark some editors put before a UTF-8 file's first line.
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -57,3 +63,17 @@ def clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... (cut: {len(text):,} characters)"
+
+
+def undecodable(raw: bytes, exc: UnicodeDecodeError) -> str:
+    """Where ``raw`` stops being UTF-8, for a message: ``byte 0xFF at byte 7`` (1-based)."""
+    return f"byte 0x{raw[exc.start]:02X} at byte {exc.start + 1}"
+
+
+def lone_surrogate(text: str) -> str | None:
+    """Where ``text`` stops being Unicode (it then cannot be written as UTF-8), for a message; None if it is."""
+    match = SURROGATES.search(text)
+    if match is None:
+        return None
+    code = ord(match.group())
+    return f"lone surrogate U+{code:04X} at character {match.start() + 1} (an escaped \\u{code:04x} without its pair)"

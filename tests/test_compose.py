@@ -628,3 +628,31 @@ def test_init_refuses_to_run_as_root(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", str(REPO / "docker" / "init.sh")], capture_output=True, text=True,
                           env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
     assert proc.returncode == 2 and "run init.sh as the airflow user, not root" in proc.stderr
+
+
+def test_init_leaves_no_half_written_password_file_when_the_write_fails(tmp_path: Path) -> None:
+    """The login step of init.sh, run for real with the file size capped mid-password (a full disk): it fails,
+    and neither the login file nor its temporary ``.tmp`` (once left holding the password's first bytes) stays."""
+    import resource
+
+    init = (REPO / "docker" / "init.sh").read_text()
+    step = re.search(r"""python - "\$passwords" <<'PY'\n(.*?)\nPY\n""", init, re.S)
+    assert step is not None, "the login step of init.sh moved: update this test"
+    password = "s3cret-" + "x" * 40
+    target = tmp_path / "secrets" / "simple_auth_manager_passwords.json"
+    target.parent.mkdir()
+    capped = 16  # bytes: '{"admin": "s3cre' -- the start of the password
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (capped, capped))
+
+    proc = subprocess.run([sys.executable, "-c", step.group(1), str(target)], capture_output=True, text=True,
+                          env={**os.environ, "AIRFLOW_ADMIN_PASSWORD": password}, preexec_fn=cap)
+    assert proc.returncode != 0 and "File too large" in proc.stderr, proc.stderr
+    assert list(target.parent.iterdir()) == []
+    # Uncapped, the same step writes the login (0600) and nothing else.
+    proc = subprocess.run([sys.executable, "-c", step.group(1), str(target)], capture_output=True, text=True,
+                          env={**os.environ, "AIRFLOW_ADMIN_PASSWORD": password})
+    assert proc.returncode == 0, proc.stderr
+    assert list(target.parent.iterdir()) == [target] and json.loads(target.read_text()) == {"admin": password}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600

@@ -217,7 +217,7 @@ def test_bad_lines_give_per_line_errors_and_the_rest_continues(file_champion: di
         json.dumps({"id": "number", "abstract": 42}),
         json.dumps({"abstract": TEXTS[1]}),
     ]
-    out = list(predictor.predict_records(read_records(io.StringIO("\n".join(lines) + "\n")), top_k=2, chunk=3))
+    out = list(predictor.predict_records(read_records(io.BytesIO(("\n".join(lines) + "\n").encode())), top_k=2, chunk=3))
     assert len(out) == len(lines)
     by_id = {o["id"]: o for o in out}
     assert by_id["good-1"]["labels"][:1] == ["A01B"] and len(by_id["good-1"]["scores"]) == 2
@@ -236,9 +236,9 @@ def test_bad_lines_give_per_line_errors_and_the_rest_continues(file_champion: di
 
 
 def test_plain_text_lines() -> None:
-    records = list(read_records(io.StringIO("first abstract\n\nthird one\r\n")))
+    records = list(read_records(io.BytesIO(b"first abstract\n\nthird one\r\n")))
     assert [(r.id, r.text) for r in records] == [(1, "first abstract"), (2, ""), (3, "third one")]
-    assert [r.id for r in read_records(io.StringIO('\n{"id": "x", "abstract": "y"}\n'))] == [1, "x"]
+    assert [r.id for r in read_records(io.BytesIO(b'\n{"id": "x", "abstract": "y"}\n'))] == [1, "x"]
 
 
 def _cli(settings: Settings, *args: str) -> list[str]:
@@ -265,7 +265,7 @@ def test_cli_text_file_stdin_and_models_list(file_champion: dict[str, Any], tmp_
     assert [l["id"] for l in lines] == ["p0", "p1", "p2", "p3", 5] and "error" in lines[-1]
     assert "predict" in captured.err  # the progress bar goes to stderr
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(TEXTS[2:]) + "\n"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(("\n".join(TEXTS[2:]) + "\n").encode())))
     assert main(_cli(s, "predict", "-")) == 0
     lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
     assert [l["id"] for l in lines] == [1, 2] and lines[0]["labels"][:1] == ["G06F"]
@@ -358,7 +358,7 @@ def test_cli_positional_files_csv_and_explanations(file_champion: dict[str, Any]
         assert [(r["subclass"], float(r["score"])) for r in mine][:3] == top
         assert [r["rank"] for r in mine][:3] == ["1", "2", "3"]
         assert [r["subclass"] for r in mine if r["selected"] == "true"] == o["labels"]
-    monkeypatch.setattr(sys, "stdin", io.StringIO("\n" + TEXTS[1] + "\n"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(("\n" + TEXTS[1] + "\n").encode())))
     assert main(_cli(s, "predict", "-", "--output-format", "csv", "--input-format", "text")) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert rows[0]["id"] == "1" and rows[0]["error"] == "empty text" and rows[1]["subclass"] == "H04L"
@@ -394,3 +394,103 @@ def test_suggestions_rank_as_a_full_stable_sort_and_keep_every_selected_label(to
         expected = [Suggestion(r + 1, f"L{j}", round(float(row[j]), 4), bool(picked[j]))
                     for r, j in enumerate(order) if r < top_k or picked[j]]
         assert found == expected
+
+
+# --- hostile input through the real CLI (a subprocess: its own stdin, stdout encoding and memory) ---------
+
+#: Runs ``patentml`` and prints its peak RSS (KiB) on stderr's last line, so a test can see the memory a run took.
+#: VmHWM, not getrusage: ru_maxrss keeps the high-water mark of the forked test process across exec.
+_MEASURED_MAIN = ("import re, sys\nfrom patentml.cli import main\nrc = main(sys.argv[1:])\nsys.stdout.flush()\n"
+                  "peak = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+                  "print('maxrss', peak, file=sys.stderr)\nsys.exit(rc)\n")
+
+
+def _run_cli(settings: Settings, *args: str, stdin: bytes = b"") -> tuple[int, bytes, str, int]:
+    """``(exit status, stdout bytes, stderr, peak RSS in KiB)`` of ``patentml ARGS`` in a fresh process whose
+    standard streams are ASCII (PYTHONIOENCODING), so UTF-8 out and bytes in are PatentML's own doing."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii:strict"}
+    done = subprocess.run([sys.executable, "-c", _MEASURED_MAIN, *_cli(settings, "--log-level", "WARNING", *args)],
+                          cwd=REPO, env=env, input=stdin, capture_output=True, timeout=300)
+    err = done.stderr.decode("utf-8", "replace")
+    *_, last = err.rstrip().splitlines() or [""]
+    return done.returncode, done.stdout, err, int(last.split()[1]) if last.startswith("maxrss") else -1
+
+
+def _hostile_lines() -> tuple[bytes, dict[str, Any]]:
+    """JSON Lines with a lone-surrogate id, a lone surrogate in the text, an invalid UTF-8 byte and a valid
+    surrogate pair between good lines; and what each output line must say."""
+    bad_byte = json.dumps({"id": "bad-byte", "abstract": "soil plough "}).encode()[:-2] + b"\xff tillage\"}"
+    lines = [
+        json.dumps({"id": "good-1", "abstract": TEXTS[0]}).encode(),
+        b'{"id": "\\ud800", "abstract": "' + TEXTS[1].encode() + b'"}',
+        bad_byte,
+        b'{"id": "lone-in-text", "abstract": "a router \\udc80 forwards packets"}',
+        b'{"id": "brevet-\\u00e9-\\ud83d\\ude00", "abstract": "' + TEXTS[1].encode() + b'"}',  # a valid pair: one emoji
+    ]
+    expected = {
+        1: {"id": "good-1", "first": "A01B"},
+        2: {"id": 2, "error": 'line 2: "id" is not valid Unicode: lone surrogate U+D800 at character 1 '
+                              '(an escaped \\ud800 without its pair)'},
+        3: {"id": 3, "error": f"line 3: not valid UTF-8: byte 0xFF at byte {bad_byte.index(0xFF) + 1} of the line"},
+        4: {"id": "lone-in-text", "error": "text is not valid Unicode: lone surrogate U+DC80 at character 10 "
+                                           "(an escaped \\udc80 without its pair)"},
+        5: {"id": "brevet-\u00e9-\U0001F600", "first": "H04L"},
+    }
+    return b"\n".join(lines) + b"\n", expected
+
+
+@pytest.mark.parametrize("source", ["stdin", "--file", "positional"])
+def test_cli_bad_unicode_fails_only_its_line_and_output_is_utf8(source: str, file_champion: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    """Before: the lone-surrogate id ended predict with a UnicodeEncodeError and nothing on stdout; files read
+    the bad byte as U+FFFD and predicted it. Now every source decodes each line strictly on its own."""
+    data, expected = _hostile_lines()
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(data)
+    args = {"stdin": ["-"], "--file": ["--file", str(path)], "positional": [str(path)]}[source]
+    rc, out, err, _ = _run_cli(file_champion["settings"], "predict", *args, "--top-k", "2", "--progress", "off",
+                               stdin=data if source == "stdin" else b"")
+    assert rc == 0, err
+    assert "Traceback" not in err and "3 of 5 lines could not be predicted" in err
+    lines = [json.loads(line) for line in out.decode("utf-8").splitlines()]  # strict: valid UTF-8 or it raises
+    assert len(lines) == 5
+    for got, (n, want) in zip(lines, expected.items()):
+        assert got["id"] == want["id"], n
+        if "error" in want:
+            assert got == {"id": want["id"], "error": want["error"]}
+        else:
+            assert got["labels"][:1] == [want["first"]] and "error" not in got
+
+
+def test_cli_bad_unicode_in_csv_output(file_champion: dict[str, Any]) -> None:
+    import csv
+
+    data, expected = _hostile_lines()
+    rc, out, err, _ = _run_cli(file_champion["settings"], "predict", "-", "--format", "csv", "--top-k", "1",
+                               stdin=data)
+    assert rc == 0, err
+    rows = list(csv.DictReader(io.StringIO(out.decode("utf-8"), newline="")))
+    assert [(r["id"], r["error"]) for r in rows if r["error"]] == [
+        (str(want["id"]), want["error"]) for want in expected.values() if "error" in want]
+    good = {r["id"]: r["subclass"] for r in rows if r["rank"] == "1"}
+    assert good == {"good-1": "A01B", "brevet-\u00e9-\U0001F600": "H04L"}
+
+
+def test_cli_a_newline_free_line_is_one_error_in_bounded_memory(file_champion: dict[str, Any]) -> None:
+    """128 MiB of words without a newline on stdin: one error line (before: read whole and predicted),
+    the lines around it predicted, and the process grows by a few line caps, not by the line."""
+    from patentml.textio import MAX_LINE_BYTES
+
+    s = file_champion["settings"]
+    words = b"soil " * ((128 << 20) // 5)
+    good = (TEXTS[0] + "\n").encode()
+    rc, out, err, small = _run_cli(s, "predict", "-", "--input-format", "text", "--top-k", "1", stdin=good * 2)
+    assert rc == 0, err
+    rc, out, err, big = _run_cli(s, "predict", "-", "--input-format", "text", "--top-k", "1",
+                                 stdin=good + words + b"\n" + good)
+    assert rc == 0, err
+    first, overlong, last = [json.loads(line) for line in out.decode("utf-8").splitlines()]
+    assert first["labels"][:1] == ["A01B"] and last["labels"][:1] == ["A01B"] and last["id"] == 3
+    assert overlong == {"id": 2, "error": f"line 2: line of {len(words):,} bytes is longer than the "
+                                          f"{MAX_LINE_BYTES:,}-byte limit; it was skipped"}
+    assert small > 0 and big - small < 4 * MAX_LINE_BYTES // 1024, (small, big)

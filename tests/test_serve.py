@@ -110,10 +110,16 @@ def test_explanations_over_http_name_words_of_the_abstract(client: httpx.Client)
     ('{"patents": [{"abstract": "soil"}], "top_k": -1}', 422, "top_k: Input should be greater than or equal to 0"),
     ('{"patents": [{"abstract": "soil"}], "explain": "maybe"}', 422, "explain: Input should be a valid boolean"),
     ('{"patents": [{"abstract": "soil"}], "topk": 3}', 422, "topk: Extra inputs are not permitted"),
+    # A lone surrogate (valid JSON, not Unicode) cannot be echoed back as UTF-8; once a 500 on the way out.
+    ('{"patents": [{"id": "a", "abstract": "soil"}, {"id": "\\ud800", "abstract": "soil"}]}', 422,
+     'patents[1]: "id" is not valid Unicode: lone surrogate U+D800 at character 1 (an escaped \\ud800 without'),
+    ('{"patents": [{"id": "b", "abstract": "soil \\udc80"}]}', 422,
+     "patents[0] (id 'b'): text is not valid Unicode: lone surrogate U+DC80 at character 6"),
+    (b'{"patents": [{"id": "c", "abstract": "soil \xff"}]}', 400, "the body is not valid UTF-8: byte 0xFF at byte 44"),
     ('{"patents": ' + str([{"abstract": "soil"}] * 6).replace("'", '"') + "}", 413,
      "6 patents in one request, over the limit of 5 (PATENTML_SERVE_MAX_BATCH)"),
 ])
-def test_bad_requests_get_a_4xx_json_error_naming_the_problem(client: httpx.Client, body: str, status: int,
+def test_bad_requests_get_a_4xx_json_error_naming_the_problem(client: httpx.Client, body: str | bytes, status: int,
                                                               problem: str) -> None:
     answer = client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == status, answer.text

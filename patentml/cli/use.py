@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import logging
+import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
 from patentml.cli.common import engine_for as _engine
 from patentml.cli.common import settings_for as _settings
 from patentml.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from patentml.predict_io import Record
 
 log = logging.getLogger("patentml")
 
@@ -112,9 +118,39 @@ def _sources(arguments: list[str]) -> tuple[list[str], list[Path]]:
     return texts, files
 
 
+def _argument_record(number: int, text: str) -> "Record":
+    """An abstract given as an argument; bytes that were not UTF-8 (kept by Python as surrogates) are an error."""
+    from patentml.predict_io import Record
+    from patentml.textio import undecodable
+
+    raw = os.fsencode(text)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Record(number, error=f"argument {number}: not valid UTF-8: {undecodable(raw, exc)}")
+    return Record(number, text)
+
+
+@contextmanager
+def _utf8_stdout() -> Iterator[TextIO]:
+    """stdout as UTF-8 whatever the locale or PYTHONIOENCODING say (JSON lines are UTF-8). A lone surrogate
+    past the input checks is written as its ``\\udXXX`` escape: the output stays UTF-8 and the run goes on."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stand-in (tests, embedding): it decides
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    out = io.TextIOWrapper(buffer, encoding="utf-8", errors="backslashreplace", newline="",
+                           line_buffering=sys.stdout.line_buffering)
+    try:
+        yield out
+    finally:
+        out.flush()
+        out.detach()  # sys.stdout keeps its buffer open
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from patentml.predict import Predictor
-    from patentml.predict_io import Record, Writer, count_lines, predict_stream
 
     settings = _settings(args)
     input_format, output_format = args.input_format, args.output_format
@@ -145,26 +181,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.open(settings, model_id=args.model, artifact=args.artifact)
     log.info("Predicting with %s", predictor.source)
     options = {"top_k": args.top_k, "batch_size": args.batch_size, "explain": args.explain}
-    if texts:
-        writer = Writer(sys.stdout, output_format)
-        records = [Record(i, t) for i, t in enumerate(texts, 1)]
-        writer.write_all(predictor.predict_records(records, ranked=writer.ranked, **options))
-        return 0 if writer.errors < len(texts) else 1
-    summary = {"lines": 0, "errors": 0}
-    if stdin:
-        summary = predict_stream(predictor, sys.stdin, sys.stdout, fmt=input_format, output_format=output_format,
-                                 progress=args.progress == "on", **options)
-    show = args.progress != "off"
-    for path in files:
-        total = count_lines(path) if show else None
-        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-            done = predict_stream(predictor, fh, sys.stdout, fmt=input_format, output_format=output_format,
-                                  total=total, progress=show, **options)
-        summary = {k: summary[k] + done[k] for k in summary}
+    with _utf8_stdout() as out:
+        if texts:
+            return _predict_texts(predictor, texts, out, output_format, options)
+        summary = _predict_inputs(predictor, files, stdin, out, input_format, output_format,
+                                  args.progress, options)
     if summary["errors"]:
         log.warning("%d of %d lines could not be predicted (see their \"error\" fields)", summary["errors"],
                     summary["lines"])
     return 0
+
+
+def _predict_texts(predictor: Any, texts: list[str], out: TextIO, output_format: str,
+                   options: dict[str, Any]) -> int:
+    from patentml.predict_io import Writer
+
+    writer = Writer(out, output_format)
+    records = [_argument_record(i, t) for i, t in enumerate(texts, 1)]
+    writer.write_all(predictor.predict_records(records, ranked=writer.ranked, **options))
+    return 0 if writer.errors < len(texts) else 1
+
+
+def _predict_inputs(predictor: Any, files: list[Path], stdin: bool, out: TextIO, input_format: str,
+                    output_format: str, progress: str, options: dict[str, Any]) -> dict[str, int]:
+    """stdin, then each file, read the same way: bytes, split into lines, each decoded on its own."""
+    from patentml.predict_io import count_lines, predict_stream
+
+    summary = {"lines": 0, "errors": 0}
+    if stdin:
+        summary = predict_stream(predictor, sys.stdin.buffer, out, fmt=input_format, output_format=output_format,
+                                 progress=progress == "on", **options)
+    show = progress != "off"
+    for path in files:
+        total = count_lines(path) if show else None
+        with open(path, "rb") as fh:
+            done = predict_stream(predictor, fh, out, fmt=input_format, output_format=output_format,
+                                  total=total, progress=show, **options)
+        summary = {k: summary[k] + done[k] for k in summary}
+    return summary
 
 
 # --- score, suggestions, serve ------------------------------------------------------------------

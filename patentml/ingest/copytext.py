@@ -9,13 +9,12 @@ both spell the same formula, and a test holds them equal.
 from __future__ import annotations
 
 import hashlib
-import re
 
 from patentml.ingest.records import PatentRecord
+from patentml.textio import SURROGATES, lone_surrogate
 
 NULL = r"\N"  # NULL in COPY text format
 _SEP = "\x1f"  # between hashed fields: a character no field holds
-_SURROGATES = re.compile("[\ud800-\udfff]")
 
 PATENT_COLUMNS = "patent_id, title, abstract, date, source, content_hash, first_batch_id, last_batch_id"
 LABEL_COLUMNS = "patent_id, scheme, subclass, section, position, is_main"
@@ -118,7 +117,7 @@ def reject_row(
     try:
         return line.format(ordinal, *map(esc, fields), "t" if whole else "f").encode("utf-8")
     except UnicodeEncodeError:
-        clean = [None if f is None else _SURROGATES.sub("\ufffd", f) for f in fields]
+        clean = [None if f is None else SURROGATES.sub("\ufffd", f) for f in fields]
         return line.format(ordinal, *map(esc, clean), "t" if whole else "f").encode("utf-8")
 
 
@@ -126,11 +125,7 @@ def unicode_problem(record: PatentRecord) -> str:
     """Why a record's text cannot be stored: a lone surrogate (JSON ``"\\ud800"`` decodes to one)."""
     for name in ("abstract", "title", "patent_id", "position"):
         value = getattr(record, name)
-        match = _SURROGATES.search(value) if isinstance(value, str) else None
-        if match is not None:
-            code = ord(match.group())
-            return (
-                f"{name} is not valid Unicode: lone surrogate U+{code:04X} at character {match.start() + 1} "
-                f"(an escaped \\u{code:04x} without its pair)"
-            )
+        problem = lone_surrogate(value) if isinstance(value, str) else None
+        if problem is not None:
+            return f"{name} is not valid Unicode: {problem}"
     return "text is not valid Unicode"  # pragma: no cover - encode() failed, so a field has one

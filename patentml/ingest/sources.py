@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from patentml.exceptions import IngestError, SourceNotFoundError, UnknownFormatError
+from patentml.textio import BOM
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def detect_format(path: str | Path | StreamRef, head_bytes: bytes) -> str:
     for pattern, fmt in _NAME_PATTERNS:
         if fnmatch(base.lower(), pattern):
             return fmt
-    text = head_bytes.removeprefix(b"\xef\xbb\xbf").lstrip()
+    text = head_bytes.removeprefix(BOM).lstrip()
     if text.startswith(b"["):
         return "uspto2m"
     if text.startswith(b"{"):
@@ -258,7 +259,7 @@ def patentsview_role(ref: StreamRef, head_bytes: bytes) -> str | None:
     if base.startswith("g_"):
         return None  # another PatentsView table (inventors, citations...): not needed here
     # A renamed file: tell the table by its columns.
-    columns = set(_tsv_header(head_bytes.removeprefix(b"\xef\xbb\xbf")))
+    columns = set(_tsv_header(head_bytes.removeprefix(BOM)))
     if "patent_abstract" in columns:
         return "abstract"
     if {"cpc_sequence", "cpc_subclass"} & columns:

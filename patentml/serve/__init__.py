@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from patentml.predict import DEFAULT_TOP_K, EXPLAIN_TOP_N, MAX_CHARS
 from patentml.serve.holder import Loaded, ModelHolder
 from patentml.serve.metrics import ServeMetrics
+from patentml.textio import lone_surrogate, undecodable
 
 if TYPE_CHECKING:
     from patentml.settings import Settings
@@ -92,6 +93,9 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
 
 
 def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):  # FastAPI's "error parsing"
+        return JSONResponse({"error": f"the body is not valid UTF-8: {undecodable(cause.object, cause)}"}, 400)
     return JSONResponse({"error": exc.detail}, exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -187,6 +191,9 @@ def create_app(settings: "Settings | None" = None, *, model_id: str | None = Non
         ids = [p.id if p.id is not None else i for i, p in enumerate(body.patents, 1)]
         problems = [f"patents[{i}] (id {pid!r}): {error}" for i, (pid, p) in enumerate(zip(ids, body.patents))
                     for error in [predictor.check_text(p.abstract)[2]] if error]
+        # Ids are echoed back: one that UTF-8 cannot carry (JSON "\ud800") would fail the answer itself.
+        problems[:0] = [f'patents[{i}]: "id" is not valid Unicode: {problem}' for i, pid in enumerate(ids)
+                        for problem in [lone_surrogate(pid) if isinstance(pid, str) else None] if problem]
         if problems:
             raise HTTPException(422, "; ".join(problems))
         with loaded.lock:

@@ -11,7 +11,7 @@ import orjson
 from patentml.ingest.formats._common import parse_date, snippet, split_labels
 from patentml.ingest.ids import canonical_patent_id
 from patentml.ingest.records import SCHEMES, SNIPPET_CHARS, Item, PatentRecord, RejectedRecord, show_dropped
-from patentml.textio import MAX_LINE_BYTES, OverlongLine, iter_lines
+from patentml.textio import BOM, MAX_LINE_BYTES, OverlongLine, iter_lines, undecodable
 
 
 def parse_jsonl(stream: BinaryIO, source: str, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Item]:
@@ -27,7 +27,7 @@ def parse_jsonl(stream: BinaryIO, source: str, max_line_bytes: int = MAX_LINE_BY
             yield RejectedRecord(source, position, raw.describe(max_line_bytes), snippet(head))
             continue
         if number == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
+            raw = raw.removeprefix(BOM)
         # The common line is strict JSON in valid UTF-8: orjson parses it at a third of the cost of
         # json. Anything else (a lone surrogate escape, a huge integer, NaN, broken JSON) takes the
         # slow path, which reads it as the json module does and says precisely what is wrong.
@@ -51,7 +51,7 @@ def _slow_line(raw: bytes, source: str, position: str) -> Item | None:
         return RejectedRecord(
             source,
             position,
-            f"line is not valid UTF-8: byte 0x{raw[exc.start]:02X} at byte {exc.start + 1} of the line",
+            f"line is not valid UTF-8: {undecodable(raw, exc)} of the line",
             snippet(raw.decode("utf-8", "replace").rstrip("\r\n")),
         )
     if not text.strip():
