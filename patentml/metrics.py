@@ -223,6 +223,7 @@ def choose_threshold(
     scores: Any,
     grid: Sequence[float] = DEFAULT_GRID,
     keep_top: bool = False,
+    top_ratio: float = 0.0,
 ) -> tuple[float, float]:
     """The global threshold of ``grid`` with the best example F1 on validation data: ``(threshold, f1)``.
 
@@ -233,9 +234,12 @@ def choose_threshold(
         raise ValueError("grid must hold at least one threshold")
     n_true = np.count_nonzero(truth, axis=1)
     top = _top_mask(score) if keep_top else None
+    near_top = score >= top_ratio * score.max(axis=1, keepdims=True) if top_ratio > 0 and score.shape[1] else None
     best_threshold, best_sum = float(grid[0]), -1.0
     for threshold in sorted(float(t) for t in grid):
         pred = score >= threshold
+        if near_top is not None:
+            pred |= near_top
         if top is not None:
             pred |= top
         total = _example_f1_sum(truth, pred, n_true)
@@ -310,6 +314,7 @@ def evaluate_scores(
     per_label_thresholds: Any = None,
     ks: Sequence[int] = DEFAULT_KS,
     cooccurrence_for: Sequence[str] = (),
+    top_ratio: float = 0.0,
 ) -> dict[str, Any]:
     """Every metric of the paper in one JSON-safe dict (plain floats, ints, strings, lists, dicts).
 
@@ -323,7 +328,7 @@ def evaluate_scores(
     truth, score = _check(y_true, scores)
     if len(label_names) != truth.shape[1]:
         raise ValueError(f"{len(label_names)} label names for {truth.shape[1]} label columns")
-    pred = decide(score, threshold, keep_top, per_label_thresholds)
+    pred = decide(score, threshold, keep_top, per_label_thresholds, top_ratio)
     n_pred = np.count_nonzero(pred, axis=1)
     n_true = np.count_nonzero(truth, axis=1)
     return {
@@ -331,6 +336,7 @@ def evaluate_scores(
         "decision": {
             "threshold": float(threshold),
             "keep_top": bool(keep_top),
+            "top_ratio": float(top_ratio),
             "per_label_thresholds": per_label_thresholds is not None,
         },
         "example": example_prf(truth, pred),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from patentml.decision import PAPER
+from patentml.decision import PAPER, describe_rule
 from patentml.exceptions import DataError
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def leaderboard_markdown(engine: "Engine", limit: int = 20, snapshot_id: int | N
     lines = ["| Run | Variant | Snapshot | P | R | F1 | P@1 | R@5 | empty | rule | train s |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
-        rule = f"{r['rule']} t={r['threshold']:.2f}" + (" +top" if r["keep_top"] else "")
+        rule = describe_rule(r)
         lines.append(
             f"| {r['run_id']} | {r['variant']} | {r['snapshot_id']} | {_pct(r['precision'])} | {_pct(r['recall'])} | "
             f"{_pct(r['f1'])} | {_pct(r['p_at_1'])} | {_pct(r['r_at_5'])} | {_pct(r['empty_share'])} | {rule} | "

@@ -69,7 +69,7 @@ def measure(pred: SplitPrediction, rule: "DecisionRule", cooccurrence_for: Seque
 
     return evaluate_scores(pred.truth, pred.full_scores, pred.names, threshold=rule.threshold, keep_top=rule.keep_top,
                            per_label_thresholds=rule.per_label if rule.use_per_label else None,
-                           cooccurrence_for=cooccurrence_for)
+                           cooccurrence_for=cooccurrence_for, top_ratio=rule.top_ratio)
 
 
 def headline(m: dict[str, Any]) -> dict[str, float]:

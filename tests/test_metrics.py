@@ -241,7 +241,7 @@ def test_evaluate_scores_layout_and_values() -> None:
     # Predicted labels per patent 2, 0, 3, 1 -> 1.5; true 2, 1, 3, 2 -> 2; one of four predictions empty.
     assert result["mean_pred_labels"] == 1.5 and result["mean_true_labels"] == 2.0 and result["empty_share"] == 0.25
     assert result["cooccurrence"]["A01H"]["truth"]["n_patents"] == 1
-    assert result["decision"] == {"threshold": 0.5, "keep_top": False, "per_label_thresholds": False}
+    assert result["decision"] == {"threshold": 0.5, "keep_top": False, "top_ratio": 0.0, "per_label_thresholds": False}
     with_top = evaluate_scores(Y_TRUE, SCORES, LABELS, keep_top=True)
     assert with_top["example"] == pytest.approx(HAND_KEEP_TOP) and with_top["empty_share"] == 0.0
 

@@ -301,6 +301,8 @@ class RunMetric(Base):
     rule: Mapped[str] = mapped_column(String(16), primary_key=True)
     threshold: Mapped[float | None] = mapped_column(Float)
     keep_top: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: With keep_top: labels scoring at least this share of the patent's best score count too (0: none).
+    top_ratio: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     precision: Mapped[float] = mapped_column(Float)
     recall: Mapped[float] = mapped_column(Float)
     f1: Mapped[float] = mapped_column(Float)

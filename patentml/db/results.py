@@ -21,7 +21,7 @@ SECTIONS = SectionMetric.__table__
 LABELS = LabelMetric.__table__
 PREDICTIONS = Prediction.__table__
 #: The columns a run's score carries (``run_metrics`` under the run's own rule).
-SCORE_COLUMNS = ("rule", "threshold", "keep_top", "precision", "recall", "f1", "p_at_1", "r_at_5", "f1_at_5",
+SCORE_COLUMNS = ("rule", "threshold", "keep_top", "top_ratio", "precision", "recall", "f1", "p_at_1", "r_at_5", "f1_at_5",
                  "empty_share", "mean_pred_labels", "n_patents", "n_unseen_labels", "predict_seconds")
 RUN_COLUMNS = ("run_id", "variant", "encoder", "loss", "dataset", "snapshot_id", "status", "artifact_dir",
                "train_seconds", "epochs_done", "n_params", "started_at", "finished_at", "device", "host")
@@ -40,7 +40,7 @@ def replace_evaluation(conn: "Connection", run_id: int, split: str, measured: Se
     for rule, m in measured:
         k, key = m["at_k"], {"run_id": run_id, "split": split, "rule": rule.name}
         conn.execute(insert(RUN_METRICS).values(
-            **key, threshold=rule.threshold, keep_top=rule.keep_top, precision=m["example"]["precision"],
+            **key, threshold=rule.threshold, keep_top=rule.keep_top, top_ratio=rule.top_ratio, precision=m["example"]["precision"],
             recall=m["example"]["recall"], f1=m["example"]["f1"], p_at_1=k["p@1"], r_at_1=k["r@1"],
             f1_at_1=k["f1@1"], p_at_5=k["p@5"], r_at_5=k["r@5"], f1_at_5=k["f1@5"],
             mean_pred_labels=m["mean_pred_labels"], mean_true_labels=m["mean_true_labels"],
