@@ -52,9 +52,9 @@ class VectorIndex:
         self.params = params
 
     @classmethod
-    def build(cls, memory: np.ndarray, threshold: int = EXACT_MAX, params: HnswParams = HnswParams()) -> "VectorIndex":
-        """Exact for up to ``threshold`` rows, else an HNSW graph over float16 vectors."""
-        if len(memory) <= threshold:
+    def build(cls, memory: np.ndarray, threshold: int | None = None, params: HnswParams = HnswParams()) -> "VectorIndex":
+        """Exact for up to ``threshold`` rows (None: :data:`EXACT_MAX`), else an HNSW graph over float16 vectors."""
+        if len(memory) <= (EXACT_MAX if threshold is None else int(threshold)):
             return cls(memory=memory, params=params)
         faiss = _faiss()
         index = faiss.IndexHNSWSQ(memory.shape[1], faiss.ScalarQuantizer.QT_fp16, params.m,

@@ -41,15 +41,10 @@ class EmbeddingBackend(Backend):
 
     needs_torch = True
     caches = (SENTENCE_VECTORS,)
-    ENCODER_DEFAULTS: dict[str, Any] = {
-        "bert_model": None,
-        "max_length": 256,
-        "encode_batch_size": 32,
-        #: Frozen vectors in "fp32" or "int8" (ONNX dynamic quantisation). int8 encodes about 2.5x faster
-        #: than fp32 ONNX but cost 0.38 points of example F1 on the CPC-labelled validation patents
-        #: (docs/scale.md), more than the 0.3 allowed: fp32 stays the default.
-        "encoder_precision": "fp32",
-    }
+    #: encoder_precision: frozen vectors in "fp32" or "int8" (ONNX dynamic quantisation); int8 cost 0.38 points
+    #: of example F1 on the CPC-labelled validation patents (docs/scale.md), more than the 0.3 allowed.
+    ENCODER_DEFAULTS: dict[str, Any] = {"bert_model": None, "max_length": 256, "encode_batch_size": 32,
+                                        "encoder_precision": "fp32"}
 
     def __init__(self, labels: Sequence[str], params: dict[str, Any] | None = None) -> None:
         super().__init__(labels, params)
@@ -301,9 +296,7 @@ class EmbedKNN(EmbeddingBackend):
         from patentml.ann import VectorIndex
 
         if self.index is None:
-            threshold = self.params["ann_threshold"]
-            self.index = (VectorIndex.build(self.memory) if threshold is None
-                          else VectorIndex.build(self.memory, int(threshold)))
+            self.index = VectorIndex.build(self.memory, self.params["ann_threshold"])
         return self.index
 
     def _grid(self, name: str) -> list[float]:
