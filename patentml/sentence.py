@@ -168,6 +168,11 @@ class SentenceEncoder:
             save_pooling(folder, self.pooling, self.dim)
 
 
+#: Encoders are built one at a time: prediction's worker threads ask for their model's encoder at once, and
+#: transformers' lazy imports are not thread-safe ("cannot import name 'AutoTokenizer'").
+BUILD_LOCK = threading.RLock()
+
+
 def inference_encoder(source: str | None, max_length: int, batch_size: int, tag: str | None = None,
                       precision: str = "fp32") -> "Encoder":
     """The encoder that computes frozen vectors (training's cached inputs and prediction).

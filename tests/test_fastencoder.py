@@ -194,3 +194,42 @@ def test_backends_encode_with_the_runtime_the_setting_names(minilm: str, referen
             Settings(home=tmp_path, encoder_runtime="tensorrt")
     finally:
         set_settings(before)
+
+
+def test_threads_asking_for_the_encoder_at_once_share_one(minilm: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prediction's worker threads ask a fresh model for its encoder at the same moment: one is built, for all
+    (two builds at once once failed in transformers' lazy imports: "cannot import name 'AutoTokenizer'")."""
+    import threading
+    import time
+
+    import patentml.sentence
+    from patentml.settings import Settings, get_settings, set_settings
+    from patentml.variants.embed import EmbedKNN
+
+    built, real = [], patentml.sentence.inference_encoder
+
+    def slow_build(*args: object, **kwargs: object) -> object:  # the real build, with a wider window for a race
+        built.append(1)
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(patentml.sentence, "inference_encoder", slow_build)
+    before = get_settings()
+    set_settings(Settings(home=tmp_path))
+    try:
+        backend = EmbedKNN(["H04L"], {"bert_model": minilm, "max_length": 64})
+        start, got = threading.Barrier(4), []
+
+        def ask() -> None:
+            start.wait()
+            got.append(backend._encoder())
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 4 and all(e is got[0] for e in got) and len(built) == 1
+    finally:
+        set_settings(before)

@@ -26,11 +26,9 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "head.safetensors"
 KNN_FILE = "neighbours.safetensors"
-#: The training patent ids of the kNN memory, row by row (JSON; artifacts from before it lack it).
-KNN_IDS_FILE = "neighbour_ids.json"
+KNN_IDS_FILE = "neighbour_ids.json"  # the training patent ids of the kNN memory, row by row (older artifacts lack it)
 ENCODER_DIR = "encoder"
-#: The HNSW index of a kNN memory above ``ann_threshold`` rows (safetensors, no pickle).
-ANN_FILE = "neighbours.ann.safetensors"
+ANN_FILE = "neighbours.ann.safetensors"  # the HNSW index of a memory above ``ann_threshold`` rows (no pickle)
 
 #: A split as (sentence vectors, multi-hot labels, texts, patent ids).
 EmbeddedSplit = tuple["np.ndarray", "np.ndarray", list[str], list[str]]
@@ -58,21 +56,24 @@ class EmbeddingBackend(Backend):
 
     def _encoder(self) -> "Encoder":
         """The encoder of frozen vectors (:func:`patentml.sentence.inference_encoder`)."""
-        from patentml.sentence import inference_encoder
+        from patentml.sentence import BUILD_LOCK, inference_encoder
 
-        if self.encoder is None:
-            self.encoder = inference_encoder(self._source(), int(self.params["max_length"]),
-                                             int(self.params["encode_batch_size"]), tag=self.learned.get("encoder_tag"),
-                                             precision=str(self.params["encoder_precision"]))
+        with BUILD_LOCK:  # prediction's threads ask at once
+            if self.encoder is None:
+                self.encoder = inference_encoder(self._source(), *self._encoder_args(), tag=self.learned.get("encoder_tag"),
+                                                 precision=str(self.params["encoder_precision"]))
         return self.encoder
+
+    def _encoder_args(self) -> tuple[int, int]:
+        return int(self.params["max_length"]), int(self.params["encode_batch_size"])
 
     def _trainable_encoder(self) -> "SentenceEncoder":
         """The torch encoder, for fine-tuning and for saving fine-tuned weights."""
-        from patentml.sentence import SentenceEncoder
+        from patentml.sentence import BUILD_LOCK, SentenceEncoder
 
-        if not isinstance(self.encoder, SentenceEncoder):
-            self.encoder = SentenceEncoder(self._source(), int(self.params["max_length"]),
-                                           int(self.params["encode_batch_size"]), tag=self.learned.get("encoder_tag"))
+        with BUILD_LOCK:
+            if not isinstance(self.encoder, SentenceEncoder):
+                self.encoder = SentenceEncoder(self._source(), *self._encoder_args(), tag=self.learned.get("encoder_tag"))
         return self.encoder
 
     def _save_encoder(self, folder: Path) -> None:
