@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ingest as ingest_bench  # noqa: E402  (benchmarks/ingest.py: corpora, children, databases)
+import ingest as ingest_bench  # (benchmarks/ingest.py: corpora, children, databases)
 
 REPO = ingest_bench.REPO
 #: The nightly variants measured here (a subset of plugins' DEFAULT_VARIANTS: one GloVe CNN stands for
@@ -212,7 +212,7 @@ def child_variant(variant: str, n: int, data: Path, glove_epochs: int) -> dict[s
 
 
 def _child(args: list[str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, __file__, *args], check=False, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"child {args[:4]} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -220,7 +220,7 @@ def _child(args: list[str]) -> dict[str, Any]:
 
 def _ingest_child(url: str, files: list[Path]) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, ingest_bench.__file__, "--child", "ingest", "--url", url, *map(str, files)],
-                          capture_output=True, text=True, cwd=REPO)
+                          check=False, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"ingest child failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -295,8 +295,8 @@ def part_variants(sizes: list[int], project: list[int], data: Path, glove_epochs
         for n in sizes:
             r = _child(["--child", "variant", "--variant", variant, "--n", str(n), "--data", str(data),
                         "--glove-epochs", str(glove_epochs)])
-            seconds, note = r["seconds"], r["note"] + (f"; {r['epochs']} epochs of {r['epoch_seconds']:.1f} s"
-                                                      if r["epochs"] else "")
+            epochs = f"{r['epochs']} epoch(s) of {r['epoch_seconds']:.1f} s" if r["epochs"] else ""
+            seconds, note = r["seconds"], "; ".join(x for x in (r["note"], epochs) if x)
             out.append(_row(n, f"{variant} fit", seconds, n, r["peak_rss_mb"], "meas", note))
             if r["epoch_cap"]:
                 # The measured fit (setup, its epochs, decision rule) plus the remaining epochs at the same rate.
@@ -378,26 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += part_variants(args.train_sizes, args.project_sizes, args.data, args.glove_epochs, args.variants,
                               encoder_rate)
     if {"db", "evalwrite"} & set(args.parts):
-        from patentml.db import embedded
-
-        with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
-            workdir = Path(tmp)
-            configured = os.environ.get("PATENTML_DATABASE_URL")
-            pg_dir = None if configured else workdir / "pg"
-            if configured:
-                from patentml.db.engine import libpq_url
-
-                admin = libpq_url(configured)
-            else:
-                admin = embedded.server_uri(pg_dir, database="postgres")
-            try:
-                if "db" in args.parts:
-                    rows += part_db(admin, sources, args.db_scales, workdir, args.scheme)
-                if "evalwrite" in args.parts:
-                    rows += part_evalwrite(admin, args.eval_patents, args.data)
-            finally:
-                if pg_dir is not None:
-                    embedded.stop(pg_dir)
+        with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp, \
+                ingest_bench.admin_database(Path(tmp)) as (admin, _):
+            if "db" in args.parts:
+                rows += part_db(admin, sources, args.db_scales, Path(tmp), args.scheme)
+            if "evalwrite" in args.parts:
+                rows += part_evalwrite(admin, args.eval_patents, args.data)
     print(f"load average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
