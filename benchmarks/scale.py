@@ -42,9 +42,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest as ingest_bench  # (benchmarks/ingest.py: corpora, children, databases)
 
 REPO = ingest_bench.REPO
-#: The nightly variants measured here (a subset of plugins' DEFAULT_VARIANTS: one GloVe CNN stands for
-#: both losses, the BERT CNNs are the GPU-only part of the matrix).
-NIGHTLY = ("tfidf-svm-full", "embed-linear-full", "embed-knn-full", "glove-wbce-full")
+
+
+def nightly_variants() -> list[str]:
+    """The nightly matrix's variants measured here: the last of each encoder in plugins' DEFAULT_VARIANTS
+    (glove-wbce stands for both GloVe losses), without the backends on frozen token vectors (the BERT
+    CNNs, the GPU-only part of the matrix)."""
+    sys.path.insert(0, str(REPO))
+    from patentml.variants import backend_class, parse_variant
+    from patentml.variants.base import TOKEN_VECTORS
+    from plugins.patentml_airflow.config import DEFAULT_VARIANTS
+
+    last = {parse_variant(v).encoder: v for v in DEFAULT_VARIANTS}
+    return [v for enc, v in last.items() if TOKEN_VECTORS not in backend_class(enc).caches]
+
+
 VALID_ROWS = 2000
 PREDICT_ROWS = 2000
 VECTOR_DIM = 384  # MiniLM-L6
@@ -163,7 +175,7 @@ def child_variant(variant: str, n: int, data: Path, glove_epochs: int) -> dict[s
     ``variant`` may carry settings after a colon: ``embed-knn-full:ann_threshold=1000`` (HNSW at any size).
     """
     from patentml.variants import backend_class, parse_variant
-    from patentml.variants.base import FitContext, ListCorpus
+    from patentml.variants.base import SENTENCE_VECTORS, FitContext, ListCorpus
 
     sys.path.insert(0, str(REPO))
     from plugins.patentml_airflow.config import DEFAULT_OVERRIDES
@@ -190,7 +202,7 @@ def child_variant(variant: str, n: int, data: Path, glove_epochs: int) -> dict[s
         params["epochs"] = glove_epochs
         notes.append(f"{glove_epochs} of {epoch_cap} epochs")
     backend = cls(labels, params)
-    if "sentence_vectors" in cls.caches:
+    if SENTENCE_VECTORS in cls.caches:
         backend.encoder = SyntheticEncoder({t: labs for _, t, labs in docs + valid})
         notes.append("synthetic vectors")
     epochs: list[float] = []
@@ -335,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encode-texts", type=int, default=300)
     parser.add_argument("--train-sizes", type=int, nargs="+", default=[20_000, 80_000])
     parser.add_argument("--project-sizes", type=int, nargs="+", default=[320_000, 1_600_000])
-    parser.add_argument("--variants", nargs="+", default=list(NIGHTLY))
+    parser.add_argument("--variants", nargs="+", help="default: the nightly's (nightly_variants())")
     parser.add_argument("--glove-epochs", type=int, default=1)
     parser.add_argument("--encoder-rate", type=float, help="abstracts/s of the encoder (skips measuring it)")
     parser.add_argument("--data", type=Path, default=ingest_bench.SHARED_DATA)
@@ -362,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sources:
         print(f"no *.jsonl files in {args.data}", file=sys.stderr)
         return 1
+    args.variants = args.variants or nightly_variants()
     print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     header = f"{'size':>9} {'what':<34} {'seconds':>10} {'rows/s':>10} {'RSS MB':>8} {'kind':<5} note"
     print(header)
