@@ -25,6 +25,7 @@ each size next to its limit (``RATIO_LIMIT``, and ``RSS_LIMIT_MB`` at the 2M-row
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -271,6 +273,28 @@ def fresh_database(admin_url: str, mode: str) -> str:
     return url
 
 
+@contextlib.contextmanager
+def admin_database(workdir: Path) -> Iterator[tuple[str, Path | None]]:
+    """(admin URL, embedded server folder or None): ``PATENTML_DATABASE_URL`` when set, else an embedded
+    Postgres in ``workdir``, stopped on exit."""
+    configured = os.environ.get("PATENTML_DATABASE_URL")
+    if configured:
+        from patentml.db.engine import libpq_url
+
+        print("database: PATENTML_DATABASE_URL")
+        yield libpq_url(configured), None
+        return
+    from patentml.db import embedded
+
+    pg_dir = workdir / "pg"
+    admin = embedded.server_uri(pg_dir, database="postgres")
+    print(f"database: embedded Postgres in {pg_dir}")
+    try:
+        yield admin, pg_dir
+    finally:
+        embedded.stop(pg_dir)
+
+
 def measure(admin_url: str, mode: str, files: list[Path], pg_dir: Path | None) -> dict[str, object]:
     """One measurement in a fresh database and a fresh process; ``mode`` is ingest, trace or plain."""
     url = fresh_database(admin_url, "plain" if mode == "plain" else "ingest")
@@ -389,24 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"input: {', '.join(s.name for s in sources)}; {os.cpu_count()} CPUs; fastest of {args.repeat}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    with tempfile.TemporaryDirectory(prefix="patentml-bench-") as tmp:
-        workdir = Path(tmp)
-        configured = os.environ.get("PATENTML_DATABASE_URL")
-        if configured:
-            from patentml.db.engine import libpq_url
-
-            print("database: PATENTML_DATABASE_URL")
-            rows = run(libpq_url(configured), sources, args.scales, args.repeat, workdir, None, not args.no_trace)
-        else:
-            from patentml.db import embedded
-
-            pg_dir = workdir / "pg"
-            admin = embedded.server_uri(pg_dir, database="postgres")
-            print(f"database: embedded Postgres in {pg_dir}")
-            try:
-                rows = run(admin, sources, args.scales, args.repeat, workdir, pg_dir, not args.no_trace)
-            finally:
-                embedded.stop(pg_dir)
+    with tempfile.TemporaryDirectory(prefix="patentml-bench-") as tmp, admin_database(Path(tmp)) as (admin, pg_dir):
+        rows = run(admin, sources, args.scales, args.repeat, Path(tmp), pg_dir, not args.no_trace)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
