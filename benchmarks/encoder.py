@@ -8,7 +8,7 @@ so the encoder's own speed-up below bounds what the champion can reach.
     PYTHONPATH=$PWD .venv/bin/python benchmarks/encoder.py --only a,d --rounds 3
     PYTHONPATH=$PWD .venv/bin/python benchmarks/encoder.py --only a,c --champion DIR   # + the whole champion
 
-``--champion DIR`` adds row (p): that model folder's ``Predictor.predict_scores`` over the same texts (the
+``--champion DIR`` adds row (p): that model folder's ``Predictor.scores`` over the same texts (the
 vector memo emptied before each pass, so each pass encodes), as ``patentml predict`` scores after loading.
 
 (a) is the reference: torch fp32, batches of 32 in file order, each padded to its longest row. Every
@@ -87,7 +87,7 @@ class Champion:
         from patentml.sentence import forget_recent
 
         forget_recent()  # every pass encodes, as a fresh process would
-        return self.predictor.predict_scores(list(texts))
+        return self.predictor.scores(list(texts))
 
 
 class Workers:
