@@ -29,7 +29,6 @@ Database and store come from the Connections `patentml_db` / `patentml_s3`, else
 
 from __future__ import annotations
 
-import datetime as dt
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
@@ -45,17 +44,12 @@ COUNTS = ("read", "stored", "updated", "unchanged", "rejected", "skipped")
     # A data-interval timetable: a weekly run covers [previous run, this run), which is what picks
     # the weekly files by date.
     schedule=CronDataIntervalTimetable(CONFIG.ingest_cron, timezone=CONFIG.timezone) if CONFIG.ingest_cron else None,
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=DagConfig.START_DATE,
     catchup=False,
     max_active_runs=1,
     tags=["patentml", "ingest"],
     doc_md=__doc__,
-    default_args={
-        "owner": "patentml",
-        "retries": CONFIG.task_retries,
-        "retry_delay": dt.timedelta(minutes=5),
-        "retry_exponential_backoff": True,
-    },
+    default_args=CONFIG.default_args(),
     params={
         "source": Param(
             CONFIG.ingest_source,

@@ -69,11 +69,7 @@ BLEND_TASK = "blend"
     max_active_runs=1,
     tags=["patentml", "training"],
     doc_md=__doc__,
-    default_args={
-        "owner": "patentml",
-        "retries": CONFIG.task_retries,
-        "retry_delay": dt.timedelta(minutes=2),
-    },
+    default_args=CONFIG.default_args(retry_minutes=2, backoff=False),
     params=retrain_params(CONFIG),
     on_failure_callback=PatentMLAlert(),
     deadline=retrain_deadline(CONFIG.retrain_deadline_hours),

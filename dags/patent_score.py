@@ -38,18 +38,13 @@ CHAMPION = Asset(name=CHAMPION_ASSET_NAME, uri=CHAMPION_ASSET_URI)
 @dag(
     dag_id="patent_score",
     schedule=(PATENTS | CHAMPION),
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=DagConfig.START_DATE,
     catchup=False,
     # Runs queue rather than overlap: two scorers of one model would wait on its lock anyway.
     max_active_runs=1,
     tags=["patentml", "score"],
     doc_md=__doc__,
-    default_args={
-        "owner": "patentml",
-        "retries": CONFIG.task_retries,
-        "retry_delay": dt.timedelta(minutes=5),
-        "retry_exponential_backoff": True,
-    },
+    default_args=CONFIG.default_args(),
     params={
         "top_k": Param(5, type="integer", minimum=1, maximum=100, title="Suggestions per patent",
                        description="Top-ranked labels stored per patent (selected labels beyond them are stored too)."),

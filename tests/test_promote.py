@@ -94,6 +94,11 @@ def trained(engine: Any, settings: Settings, tmp_path_factory: pytest.TempPathFa
     return build_trained(engine, settings, tmp_path_factory.mktemp("corpus"))
 
 
+@pytest.fixture(scope="module")
+def champion(trained: dict[str, Any], engine: Any, settings: Settings) -> str:
+    return promote(settings, [trained["tfidf"]], engine=engine)["champion_after"]
+
+
 # --- helpers ---------------------------------------------------------------------------------------------
 
 

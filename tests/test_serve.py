@@ -20,7 +20,7 @@ from patentml.promote import promote
 from patentml.settings import Settings
 from patentml.text import tokenize
 from tests.test_predict import TEXTS
-from tests.test_promote import VOCAB, build_trained, clone_run
+from tests.test_promote import VOCAB, champion, clone_run, trained  # noqa: F401 (fixtures)
 
 
 @contextlib.contextmanager
@@ -47,16 +47,6 @@ def running(settings: Settings, **app_options: Any) -> Iterator[httpx.Client]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
-
-
-@pytest.fixture(scope="module")
-def trained(engine: Any, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return build_trained(engine, settings, tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def champion(trained: dict[str, Any], engine: Any, settings: Settings) -> str:
-    return promote(settings, [trained["tfidf"]], engine=engine)["champion_after"]
 
 
 @pytest.fixture(scope="module")

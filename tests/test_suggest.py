@@ -19,18 +19,10 @@ from patentml.predict import Predictor
 from patentml.promote import promote
 from patentml.settings import Settings
 from patentml.suggest import score_patents
-from tests.test_promote import build_trained, clone_run
+from tests.test_promote import champion, clone_run, trained  # noqa: F401 (fixtures)
 from tests.test_sql_docs import BLOCKS, run_sql
 
 
-@pytest.fixture(scope="module")
-def trained(engine: Any, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return build_trained(engine, settings, tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def champion(trained: dict[str, Any], engine: Any, settings: Settings) -> str:
-    return promote(settings, [trained["tfidf"]], engine=engine)["champion_after"]
 
 
 def _cli(settings: Settings, *args: str) -> list[str]:

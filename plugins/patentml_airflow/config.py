@@ -7,6 +7,8 @@ registry in ``patentml.variants``, which loads no ML library: this runs every ti
 
 from __future__ import annotations
 
+import datetime as dt
+
 import os
 import re
 from dataclasses import dataclass
@@ -128,6 +130,14 @@ class DagConfig:
     retrain_deadline_hours: int = 8
     #: How long a held promotion waits for a person before the default answer (Reject) applies.
     approval_timeout_hours: int = 24
+
+    #: When every PatentML DAG starts counting (none catches up on runs before it was deployed).
+    START_DATE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+    def default_args(self, retry_minutes: float = 5, backoff: bool = True) -> dict[str, Any]:
+        """The tasks' owner and retries, the same for every PatentML DAG."""
+        return {"owner": "patentml", "retries": self.task_retries, "retry_delay": dt.timedelta(minutes=retry_minutes),
+                **({"retry_exponential_backoff": True} if backoff else {})}
 
     @classmethod
     def from_env(cls) -> "DagConfig":
