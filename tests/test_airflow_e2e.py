@@ -275,7 +275,10 @@ def test_ingest_weekly_files_one_task_each_confined_and_by_interval(stack: dict[
     assert [tasks[f"ingest[{i}]"] for i in range(4)] == ["success", "success", "success", "failed"], _explain(everything)
     assert tasks["publish_patents"] == "upstream_failed" and everything["state"] == "failed"
     assert _patent_ids(engine, weekly_ids(0)) == weekly_ids(0)
-    assert "ipg250128.zip: not a readable zip archive" in everything["output"]
+    # Its batch is kept as failed with the reason (the task log's tail need not hold it).
+    broken = _rows(engine, "SELECT status, message FROM ingest_batches WHERE source LIKE :s", s="%ipg250128.zip")
+    assert [b["status"] for b in broken] == ["failed"], broken
+    assert "ipg250128.zip: not a readable zip archive" in broken[0]["message"], broken
 
     # No logical date: the last complete interval before the trigger, worked out above.
     assert manual["state"] == "success", _explain(manual)
