@@ -81,7 +81,6 @@ class Champion:
         from patentml.predict import Predictor
 
         self.predictor = Predictor(folder)
-        self.dim = 0
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         from patentml.sentence import forget_recent

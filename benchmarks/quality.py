@@ -18,60 +18,58 @@ scores validation and test once per run; the rest is arithmetic on those scores:
 from __future__ import annotations
 
 import argparse
-import itertools
 from typing import Any
 
 import numpy as np
 
+from patentml.decision import TOP_RATIOS
+
 VARIANTS = "tfidf-svm-full,embed-linear-full,embed-knn-full,glove-wbce-full"
-RATIOS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)
 IPC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 
 def relative_rule(scores: np.ndarray, threshold: float, ratio: float) -> np.ndarray:
     """Labels at or above ``threshold`` or ``ratio`` x the patent's top score, the top label always."""
-    top = scores.max(axis=1, keepdims=True)
-    pred = (scores >= threshold) | (scores >= ratio * top) if ratio > 0 else scores >= threshold
-    pred[np.arange(len(scores)), scores.argmax(axis=1)] = True
-    return pred
+    from patentml.decision import decide
+
+    return decide(scores, threshold, keep_top=True, top_ratio=ratio)
 
 
 def choose(truth: np.ndarray, scores: np.ndarray, ratios: tuple[float, ...]) -> tuple[float, float, float]:
-    """(threshold, ratio, F1) of the best relative rule on these rows."""
-    from patentml.metrics import DEFAULT_GRID, example_prf
+    """(threshold, ratio, F1) of the best relative rule on these rows (ties: the earlier ratio)."""
+    from patentml.decision import TIE_EPS
+    from patentml.metrics import choose_threshold
 
     best = (0.5, 0.0, -1.0)
-    for t, r in itertools.product(DEFAULT_GRID, ratios):
-        f1 = example_prf(truth, relative_rule(scores, t, r))["f1"]
-        if f1 > best[2] + 1e-9:
+    for r in ratios:
+        t, f1 = choose_threshold(truth, scores, keep_top=True, top_ratio=r)
+        if f1 > best[2] + TIE_EPS:
             best = (t, r, f1)
     return best
 
 
+def f1_of(truth: np.ndarray, scores: np.ndarray, t: float, r: float) -> float:
+    from patentml.metrics import example_prf
+
+    return example_prf(truth, relative_rule(scores, t, r))["f1"]
+
+
 def report(truth: np.ndarray, scores: np.ndarray, t: float, r: float) -> str:
-    from patentml.metrics import at_k, example_prf
+    from patentml.metrics import at_k
 
     ranked = at_k(truth, scores, ks=(1, 5))
-    f1 = example_prf(truth, relative_rule(scores, t, r))["f1"]
-    return f"{100 * f1:5.1f} | {100 * ranked['p@1']:5.1f} | {100 * ranked['r@5']:5.1f}"
+    return f"{100 * f1_of(truth, scores, t, r):5.1f} | {100 * ranked['p@1']:5.1f} | {100 * ranked['r@5']:5.1f}"
 
 
 def knn_ipc_scores(backend: Any, texts: list[str], ipc_rows: np.ndarray, weight: float) -> np.ndarray:
     """The kNN's label scores with IPC-labelled memory rows' votes multiplied by ``weight``."""
-    import scipy.sparse as sp
-
     from patentml.ann import nearest_rows
-    from patentml.knn import vote_weights
+    from patentml.knn import vote
 
     tw = float(backend.setting("text_weight"))
-    x = backend._vectors(texts)
-    idx, sims = nearest_rows(x, backend._index(), int(backend.setting("k")),
+    idx, sims = nearest_rows(backend._vectors(texts), backend._index(), int(backend.setting("k")),
                              backend.features.transform(texts) if tw > 0 else None, backend.text_memory, tw)
-    w = vote_weights(sims, float(backend.setting("power"))) * np.where(ipc_rows[idx], weight, 1.0)
-    w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-    rows = np.repeat(np.arange(len(idx)), idx.shape[1])
-    m = sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(idx), backend.memory_labels.shape[0]))
-    return np.asarray((m @ backend.memory_labels).todense(), dtype=np.float32)
+    return vote(idx, sims, backend.memory_labels, float(backend.setting("power")), np.where(ipc_rows, weight, 1.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def row(name: str, on: str, choice: str, s_test: np.ndarray, t: float, r: float) -> None:
         print(f"| {name} | {on} | {choice} | {report(tt[ct], s_test[ct], t, r)} | "
-              f"{report(tt, s_test, t, r).split(' | ')[0]} |", flush=True)
+              f"{100 * f1_of(tt, s_test, t, r):5.1f} |", flush=True)
 
     for v in backends:
         for on, mask in (("all", slice(None)), ("CPC", cv)):
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         blend_v = sum(w * sv[names[i]] for i, w in zip(chosen, weights))
         blend_t = sum(w * st[names[i]] for i, w in zip(chosen, weights))
         desc = " + ".join(f"{w:.1f} {names[i]}" for i, w in zip(chosen, weights))
-        for ratios, what in (((0.0,), "threshold"), (RATIOS, "threshold or r x top")):
+        for ratios, what in (((0.0,), "threshold"), (TOP_RATIOS, "threshold or r x top")):
             t, r, _ = choose(tv[mask], blend_v[mask], ratios)
             row(f"blend, {what}", on, f"{desc}; t={t:.2f} r={r:.1f}", blend_t, t, r)
     if "embed-knn-full" in backends:

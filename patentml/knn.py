@@ -27,12 +27,17 @@ def vote_weights(sims: np.ndarray, power: float) -> np.ndarray:
     return w
 
 
-def vote(idx: np.ndarray, sims: np.ndarray, memory_labels: Any, power: float) -> np.ndarray:
+def vote(idx: np.ndarray, sims: np.ndarray, memory_labels: Any, power: float,
+         row_weights: np.ndarray | None = None) -> np.ndarray:
     """Label scores: the neighbours' labels weighted by ``max(similarity, 0) ** power``, as a share of
-    the total weight (1.0 when every neighbour carries the label), so scores work with thresholds."""
+    the total weight (1.0 when every neighbour carries the label), so scores work with thresholds.
+    ``row_weights`` (one factor per memory row) scales each neighbour's vote before the shares are taken."""
     import scipy.sparse as sp
 
     w = vote_weights(sims, power)  # (n, k)
+    if row_weights is not None:
+        w = w * row_weights[idx]
+        w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
     rows = np.repeat(np.arange(len(idx)), idx.shape[1])
     weights = sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(idx), memory_labels.shape[0]))
     return np.asarray((weights @ memory_labels).todense(), dtype=np.float32)

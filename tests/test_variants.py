@@ -158,6 +158,11 @@ def test_knn_scores_by_hand() -> None:
     assert np.allclose(knn_scores(query, memory, labels, k=3, power=2.0), expected, atol=1e-6)
     # Negative similarity counts as none.
     assert np.allclose(knn_scores(-query, memory, labels, k=1, power=1.0), [[0.0, 0.0]])
+    # Row weights: memory row 1's vote halved -> weights 0.48 and 0.8 (sum 1.28) for rows 1 and 0.
+    from patentml.knn import vote
+
+    idx, sims = np.array([[1, 0]]), np.array([[0.96, 0.8]], dtype=np.float32)
+    assert np.allclose(vote(idx, sims, labels, 1.0, np.array([1.0, 0.5, 1.0])), [[1.0, 0.48 / 1.28]], atol=1e-6)
 
 
 def test_greedy_member_selection_by_hand() -> None:
