@@ -55,6 +55,8 @@ def _fit_per_label(x: Any, y: "np.ndarray", C: float, class_weight: Any, classif
     x.sort_indices()
 
     def fit(j: int) -> tuple["np.ndarray", float]:
+        if not y[:, j].any():  # no training patent has this label (a label space from elsewhere, a fold)
+            return np.zeros(x.shape[1], dtype=np.float32), -LOGIT_CLIP
         if classifier == "svm":
             model: Any = LinearSVC(C=C, class_weight=class_weight)
         else:
