@@ -229,7 +229,7 @@ def _fit_and_save(engine: "Engine", settings: Settings, run_id: int, backend: Ba
         if texts:
             backend.embedding_cache = cache
             rule, valid_f1 = choose_decision_rule(multi_hot(doc_labels, backend.labels) > 0,
-                                                  backend.predict_scores(texts))
+                                                  backend.rule_scores(texts))
             backend.decision = rule
             log.info("Decision rule chosen on validation: threshold %.2f, keep_top %s, top ratio %.1f, %s "
                      "(valid F1 %.4f)", rule.threshold, rule.keep_top, rule.top_ratio, rule.name, valid_f1)

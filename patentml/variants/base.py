@@ -154,6 +154,11 @@ class Backend:
         """Probabilities (n, len(labels)) for raw abstracts."""
         raise NotImplementedError
 
+    def rule_scores(self, texts: Sequence[str]) -> "np.ndarray":
+        """The validation scores the decision rule is chosen on: :meth:`predict_scores`, unless fit learned
+        from these very texts (a re-ranking blend), which then returns its out-of-fold scores for them."""
+        return self.predict_scores(texts)
+
     def explain(self, texts: Sequence[str], labels_per_text: Sequence[Sequence[str]],
                 top_n: int = 5) -> list[dict[str, dict[str, Any]]]:
         """Why each text got each of its labels: one ``{label: explanation}`` per text.

@@ -1,0 +1,224 @@
+"""Second stage of the blend: re-rank each patent's top candidates with features the members cannot see.
+
+The first stage (the weighted blend of :mod:`patentml.variants.ensemble`) ranks all labels; this stage
+takes each patent's ``depth`` best labels and scores every (patent, candidate) pair with gradient-boosted
+trees on:
+
+* the blend's score, the candidate's rank, its share of the patent's best score, the best and second
+  scores;
+* each member's score for the label and the label's rank in that member;
+* the label's prior (log share of training patents that carry it);
+* co-occurrence with the other candidates, from the training labels: P(label | the top candidate) and
+  the sum over the five best candidates of score x P(label | that candidate);
+* the CPC hierarchy: whether the label shares the section and the class of the top candidate, and the
+  blend score of the other candidates in its class and in its section.
+
+The trees are fitted on validation (the members never trained on it); the scores the decision rule is
+chosen on are out-of-fold (:func:`fit_out_of_fold`), because trees score their own training rows too
+well. Labels outside a patent's ``depth`` candidates score 0.
+
+The trees travel as plain arrays (safetensors, no pickle) and are evaluated here in numpy, all trees at
+once, one tree level per step: a patent's 30 candidates take about a millisecond.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Feature columns, in order (per member: ``score`` and ``rank`` follow these, member by member).
+FEATURES = ("blend", "rank", "share_of_top", "top", "second", "log_prior", "cooc_top5", "cooc_top1",
+            "same_section", "same_class", "class_rest", "section_rest", "n_near_top")
+MEMBER_FEATURES = ("score", "rank")
+#: Member ranks above this count as this (a label a member ranks 300th is as unlikely as one it ranks 50th).
+RANK_CAP = 50
+#: Co-occurrence support is summed over this many best candidates.
+COOC_TOP = 5
+#: "near the top": candidates scoring at least this share of the patent's best score.
+NEAR_TOP = 0.5
+#: The trees (scikit-learn's HistGradientBoostingClassifier). Chosen on the CPC-labelled part of
+#: validation, out of fold (benchmarks/quality.py); 150-500 trees and 7-31 leaves read within 0.5 points.
+TREE_PARAMS = {"max_iter": 300, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40,
+               "l2_regularization": 1.0}
+
+
+@dataclass
+class LabelStats:
+    """What the training labels say about each label: log prior, P(j | i), section and class ids."""
+
+    log_prior: "np.ndarray"  # (L,)
+    cond: "np.ndarray"  # (L, L): P(label j | label i), 0 on the diagonal
+    section: "np.ndarray"  # (L,) int: first character of the code (A-H, Y)
+    klass: "np.ndarray"  # (L,) int: first three characters (A01)
+
+    @classmethod
+    def from_labels(cls, truth: "np.ndarray", labels: Sequence[str]) -> "LabelStats":
+        """From the (patents, labels) multi-hot of the training split; add-one smoothing."""
+        import numpy as np
+
+        y = np.asarray(truth, dtype=np.float32)
+        count = y.sum(axis=0)
+        log_prior = np.log((count + 1.0) / (len(y) + 2.0)).astype(np.float32)
+        prior = np.exp(log_prior)
+        cond = ((y.T @ y) + prior[None, :]) / (count[:, None] + 1.0)
+        np.fill_diagonal(cond, 0.0)
+        return cls(log_prior, cond.astype(np.float32), hierarchy(labels, 1), hierarchy(labels, 3))
+
+    def arrays(self) -> dict[str, "np.ndarray"]:
+        return {"log_prior": self.log_prior, "cond": self.cond, "section": self.section, "klass": self.klass}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, "np.ndarray"]) -> "LabelStats":
+        return cls(a["log_prior"], a["cond"], a["section"], a["klass"])
+
+
+def hierarchy(labels: Sequence[str], chars: int) -> "np.ndarray":
+    """Integer id of each label's first ``chars`` characters (1: CPC section, 3: class)."""
+    import numpy as np
+
+    return np.unique([label[:chars] for label in labels], return_inverse=True)[1].astype(np.int32)
+
+
+def candidate_features(members: Sequence["np.ndarray"], blend: "np.ndarray", stats: LabelStats,
+                       depth: int) -> tuple["np.ndarray", "np.ndarray"]:
+    """(order (n, depth) label indices, best blend score first; features (n * depth, columns)), rows
+    patent by patent, the columns of :data:`FEATURES` then each member's :data:`MEMBER_FEATURES`."""
+    import numpy as np
+
+    blend = np.asarray(blend, dtype=np.float32)
+    n, n_labels = blend.shape
+    depth = min(depth, n_labels)
+    order = np.argsort(-blend, axis=1, kind="stable")[:, :depth]
+    b = np.take_along_axis(blend, order, axis=1)
+    top = b[:, :1]
+    share = np.divide(b, top, out=np.zeros_like(b), where=top > 0)
+    second = b[:, 1:2] if depth > 1 else np.zeros_like(top)
+    head = order[:, :COOC_TOP]
+    cooc_top5 = np.einsum("nk,nkc->nc", b[:, :COOC_TOP], stats.cond[head[:, :, None], order[:, None, :]])
+    cooc_top1 = stats.cond[order[:, :1], order]
+    sec, cls = stats.section[order], stats.klass[order]
+    same_sec = sec == sec[:, :1]
+    same_cls = cls == cls[:, :1]
+    class_rest = ((cls[:, :, None] == cls[:, None, :]) * b[:, None, :]).sum(axis=2) - b
+    section_rest = ((sec[:, :, None] == sec[:, None, :]) * b[:, None, :]).sum(axis=2) - b
+    near = (share >= NEAR_TOP).sum(axis=1, keepdims=True)
+    columns = [b, np.broadcast_to(np.arange(depth), b.shape), share, np.broadcast_to(top, b.shape),
+               np.broadcast_to(second, b.shape), stats.log_prior[order], cooc_top5, cooc_top1, same_sec, same_cls,
+               class_rest, section_rest, np.broadcast_to(near, b.shape)]
+    for scores in members:
+        scores = np.asarray(scores, dtype=np.float32)
+        own = np.take_along_axis(scores, order, axis=1)
+        # A label's rank in this member: how many labels it scores higher (ties share the better rank).
+        rank = (scores[:, None, :] > own[:, :, None]).sum(axis=2)
+        columns += [own, np.minimum(rank, RANK_CAP)]
+    features = np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=2)
+    return order, features.reshape(n * depth, -1)
+
+
+def scatter(order: "np.ndarray", probs: "np.ndarray", n_labels: int) -> "np.ndarray":
+    """Candidate probabilities (n * depth,) back into (n, n_labels) scores; non-candidates score 0."""
+    import numpy as np
+
+    out = np.zeros((order.shape[0], n_labels), dtype=np.float32)
+    np.put_along_axis(out, order, probs.reshape(order.shape).astype(np.float32), axis=1)
+    return out
+
+
+@dataclass
+class Trees:
+    """A fitted binary gradient-boosted tree ensemble as arrays, (trees, nodes) each, padded."""
+
+    feature: "np.ndarray"
+    threshold: "np.ndarray"
+    left: "np.ndarray"
+    right: "np.ndarray"
+    leaf: "np.ndarray"
+    missing_left: "np.ndarray"
+    value: "np.ndarray"
+    baseline: float
+
+    @classmethod
+    def fit(cls, x: "np.ndarray", y: "np.ndarray", seed: int = 0) -> "Trees":
+        import numpy as np
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        model = HistGradientBoostingClassifier(**TREE_PARAMS, early_stopping=False, random_state=seed).fit(x, y)
+        nodes = [tree[0].nodes for tree in model._predictors]  # binary: one tree per iteration
+        width = max(len(t) for t in nodes)
+
+        def pad(field: str, dtype: type) -> np.ndarray:
+            out = np.zeros((len(nodes), width), dtype=dtype)
+            for i, t in enumerate(nodes):
+                out[i, : len(t)] = t[field]
+            return out
+
+        # Padding nodes are never reached: every left/right index points at a node of its own tree.
+        return cls(pad("feature_idx", np.int32), pad("num_threshold", np.float64), pad("left", np.int32),
+                   pad("right", np.int32), pad("is_leaf", bool), pad("missing_go_to_left", bool), pad("value", np.float64),
+                   float(np.ravel(model._baseline_prediction)[0]))
+
+    def predict(self, x: "np.ndarray", chunk: int = 2048) -> "np.ndarray":
+        """P(candidate is a true label) for feature rows (rows, columns): all trees step down one level at
+        once, ``chunk`` rows at a time (a (trees, chunk) array of node ids per step)."""
+        import numpy as np
+
+        x = np.asarray(x, dtype=np.float64)
+        n_trees, width = self.feature.shape
+        flat = {k: getattr(self, k).ravel() for k in ("feature", "threshold", "left", "right", "leaf", "missing_left")}
+        start = (np.arange(n_trees) * width)[:, None]
+        raw = np.full(len(x), self.baseline)
+        for lo in range(0, len(x), chunk):
+            part = x[lo : lo + chunk]
+            cols = np.arange(len(part))[None, :]
+            node = np.broadcast_to(start, (n_trees, len(part))).copy()  # flat index of each tree's current node
+            for _ in range(width):
+                done = flat["leaf"][node]
+                if done.all():
+                    break
+                value = part[cols, flat["feature"][node]]
+                go_left = np.where(np.isnan(value), flat["missing_left"][node], value <= flat["threshold"][node])
+                child = np.where(go_left, flat["left"][node], flat["right"][node])
+                node = np.where(done, node, start + child)
+            raw[lo : lo + chunk] += self.value.ravel()[node].sum(axis=0)
+        return 1.0 / (1.0 + np.exp(-raw))
+
+    @property
+    def n_nodes(self) -> int:
+        return int((~self.leaf).sum() + self.leaf.shape[0])
+
+    def arrays(self) -> dict[str, "np.ndarray"]:
+        import numpy as np
+
+        return {"feature": self.feature, "threshold": self.threshold, "left": self.left, "right": self.right,
+                "leaf": self.leaf.astype(np.uint8), "missing_left": self.missing_left.astype(np.uint8),
+                "value": self.value, "baseline": np.array([self.baseline])}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, "np.ndarray"]) -> "Trees":
+        return cls(a["feature"], a["threshold"], a["left"], a["right"], a["leaf"].astype(bool),
+                   a["missing_left"].astype(bool), a["value"], float(a["baseline"][0]))
+
+
+def fit_out_of_fold(features: "np.ndarray", truth: "np.ndarray", n_patents: int, folds: int,
+                    seed: int) -> tuple[Trees, "np.ndarray"]:
+    """Trees fitted on every row, and out-of-fold probabilities for those rows: patents are dealt into
+    ``folds`` folds at random (``seed``) and each fold is scored by trees fitted on the others."""
+    import numpy as np
+
+    from patentml.exceptions import DataError
+
+    depth = len(features) // n_patents
+    fold_of = np.repeat(np.random.default_rng(seed).permutation(n_patents) % folds, depth)
+    held_out = np.zeros(len(features))
+    for k in range(folds):
+        fit_rows = fold_of != k
+        if len(set(truth[fit_rows].tolist())) < 2:
+            raise DataError("re-ranking needs true and false candidates in every fold; too few validation patents")
+        held_out[~fit_rows] = Trees.fit(features[fit_rows], truth[fit_rows], seed).predict(features[~fit_rows])
+    return Trees.fit(features, truth, seed), held_out
