@@ -10,9 +10,11 @@ scores validation and test once per run; the rest is arithmetic on those scores:
 * rule: the global threshold with the top label kept, chosen on all or on CPC validation; and a
   per-patent rule that also keeps every label scoring at least ``r`` times the patent's top score;
 * IPC weighting in the kNN vote: the votes of IPC-labelled neighbours multiplied by ``w`` (0 = CPC
-  neighbours only, 1 = today's vote).
+  neighbours only, 1 = today's vote);
+* ``--runs``: finished runs (a blend with and without its re-ranker, say) as they were trained, each
+  under its own decision rule.
 
-    PATENTML_HOME=/tmp/after/home PYTHONPATH=$PWD .venv/bin/python benchmarks/quality.py
+    PATENTML_HOME=/tmp/after/home PYTHONPATH=$PWD .venv/bin/python benchmarks/quality.py --runs 5,6
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from patentml.decision import TOP_RATIOS
+from patentml.decision import TOP_RATIOS, describe_rule
 
 VARIANTS = "tfidf-svm-full,embed-linear-full,embed-knn-full,glove-wbce-full"
 IPC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
@@ -61,6 +63,15 @@ def report(truth: np.ndarray, scores: np.ndarray, t: float, r: float) -> str:
     return f"{100 * f1_of(truth, scores, t, r):5.1f} | {100 * ranked['p@1']:5.1f} | {100 * ranked['r@5']:5.1f}"
 
 
+def report_rule(truth: np.ndarray, scores: np.ndarray, rule: Any) -> str:
+    """Like :func:`report`, under a run's own stored decision rule."""
+    from patentml.metrics import at_k, example_prf
+
+    ranked = at_k(truth, scores, ks=(1, 5))
+    return (f"{100 * example_prf(truth, rule.apply(scores))['f1']:5.1f} | {100 * ranked['p@1']:5.1f} | "
+            f"{100 * ranked['r@5']:5.1f}")
+
+
 def knn_ipc_scores(backend: Any, texts: list[str], ipc_rows: np.ndarray, weight: float) -> np.ndarray:
     """The kNN's label scores with IPC-labelled memory rows' votes multiplied by ``weight``."""
     from patentml.ann import nearest_rows
@@ -75,6 +86,7 @@ def knn_ipc_scores(backend: Any, texts: list[str], ipc_rows: np.ndarray, weight:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=VARIANTS)
+    ap.add_argument("--runs", default="", help="comma-separated run ids to report as trained, under their own rule")
     args = ap.parse_args(argv)
 
     from sqlalchemy import text
@@ -82,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from patentml.db.engine import get_engine
     from patentml.embedcache import PgEmbeddingCache
     from patentml.labels import multi_hot
+    from patentml.metrics import example_prf
     from patentml.runstore import run_artifact
     from patentml.settings import get_settings
     from patentml.splits import iter_split, latest_snapshot
@@ -100,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             if run_id is not None:
                 runs[variant] = int(run_id)
     backends = {v: load_backend(run_artifact(engine, r)) for v, r in runs.items()}
-    for backend in backends.values():
+    as_trained = {f"run {r}": load_backend(run_artifact(engine, int(r))) for r in args.runs.split(",") if r}
+    for backend in [*backends.values(), *as_trained.values()]:
         backend.embedding_cache = PgEmbeddingCache(engine)  # the vectors the runs encoded
     labels = next(iter(backends.values())).labels
     data = {}
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         truth = multi_hot([ls for _, _, ls in rows], labels) > 0
         cpc = np.array([scheme[pid] == "CPC" for pid, _, _ in rows])
         texts = [t for _, t, _ in rows]
-        scores = {v: b.predict_scores(texts) for v, b in backends.items()}
+        scores = {v: b.predict_scores(texts) for v, b in {**backends, **as_trained}.items()}
         data[split] = (truth, cpc, texts, scores)
         print(f"{split}: {len(rows):,} patents, {cpc.sum():,} CPC-labelled")
     (tv, cv, textv, sv), (tt, ct, textt, st) = data["valid"], data["test"]
@@ -121,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {on} | {choice} | {report(tt[ct], s_test[ct], t, r)} | "
               f"{100 * f1_of(tt, s_test, t, r):5.1f} |", flush=True)
 
+    for name, backend in as_trained.items():
+        rule = backend.decision
+        print(f"| {name} ({backend.name}{', re-ranked' if getattr(backend, 'trees', None) else ''}) | all | "
+              f"{describe_rule(rule)} | {report_rule(tt[ct], st[name][ct], rule)} | "
+              f"{100 * example_prf(tt, rule.apply(st[name]))['f1']:5.1f} |", flush=True)
     for v in backends:
         for on, mask in (("all", slice(None)), ("CPC", cv)):
             t, _, _ = choose(tv[mask], sv[v][mask], (0.0,))
