@@ -64,6 +64,17 @@ def test_tfidf_svm_ranks_in_memory(tmp_path) -> None:
     assert np.allclose(load_backend(tmp_path / "model").predict_scores(texts), model.predict_scores(texts))
 
 
+@pytest.mark.parametrize("encoder", ["tfidf", "tfidf-svm"])
+def test_a_label_no_training_patent_carries_never_fires(encoder: str, tmp_path) -> None:
+    from patentml.variants import backend_class
+
+    train_c, valid_c, test, labels = toy_corpora()
+    model = backend_class(encoder)([*labels, "Z99Z"], {"min_df": 1})  # a label space from elsewhere (a fold)
+    model.fit(train_c, valid_c, FitContext(work_dir=tmp_path))
+    scores = model.predict_scores([t for _, t, _ in test])
+    assert scores[:, -1].max() < 1e-6 and scores[:, :-1].max() > 0.5
+
+
 def test_per_patent_scores_add_up_and_compare_two_runs(engine, settings, snapshot) -> None:
     svm = train("tfidf-svm-full", settings, overrides={"min_df": 1}, engine=engine)
     weak = train("tfidf-full", settings, overrides={"min_df": 1, "C": 0.01}, engine=engine)
