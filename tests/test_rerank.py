@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from patentml.rerank import FEATURES, MEMBER_FEATURES, LabelStats, Trees, candidate_features, fit_out_of_fold
-from tests.test_variants import fit_in_memory, toy_corpora
+from tests.test_variants import fit_in_memory, snapshot, toy_corpora  # noqa: F401 (snapshot: a fixture)
 
 LABELS = ["A01B", "A01C", "H04L"]
 
@@ -89,7 +89,7 @@ def reranked(tmp_path_factory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("rerank")
     tf = fit_in_memory("tfidf", tmp / "tf", {"min_df": 1})
     svm = fit_in_memory("tfidf-svm", tmp / "svm", {"min_df": 1})
-    ens = fit_in_memory("ensemble", tmp / "ens", {"rerank_min_patents": 20, "rerank_depth": 4},
+    ens = fit_in_memory("ensemble", tmp / "ens", {"rerank_min_patents": 20, "rerank_depth": 4, "rerank_min_gain": -1.0},
                         members=[(11, tf), (12, svm)])
     return ens, tmp
 
@@ -127,11 +127,13 @@ def test_the_rule_is_chosen_on_out_of_fold_scores(reranked) -> None:  # type: ig
     assert np.array_equal(ens.rule_scores(texts[:5]), ens.predict_scores(texts[:5]))
 
 
-def test_too_few_validation_patents_leave_the_plain_blend(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("params, why", [({}, "60 validation patents < rerank_min_patents=100"),
+                                          ({"rerank_min_patents": 20}, "the blend's validation F1 is 1.0")])
+def test_the_plain_blend_is_kept_when_reranking_cannot_help(params, why, tmp_path) -> None:  # type: ignore[no-untyped-def]
     tf = fit_in_memory("tfidf", tmp_path / "tf", {"min_df": 1})
     svm = fit_in_memory("tfidf-svm", tmp_path / "svm", {"min_df": 1})
-    ens = fit_in_memory("ensemble", tmp_path / "ens", {}, members=[(11, tf), (12, svm)])
-    assert ens.trees is None  # 60 validation patents < rerank_min_patents=100
+    ens = fit_in_memory("ensemble", tmp_path / "ens", params, members=[(11, tf), (12, svm)])
+    assert ens.trees is None, why
     texts = ["gear shaft clutch", "heterocyclic compound salt"]
     expected = sum(w * m.predict_scores(texts) for w, m in zip(ens.weights, ens.members))
     assert np.allclose(ens.predict_scores(texts), expected, atol=1e-6)

@@ -110,6 +110,8 @@ class Ensemble(Backend):
         "rerank_folds": 5,
         #: Fewer validation patents than this: no re-ranker (too little to fit trees on), the plain blend.
         "rerank_min_patents": 100,
+        #: The re-ranker is kept only when its out-of-fold validation F1 beats the blend's by this much.
+        "rerank_min_gain": 0.0,
     }
     CANDIDATE_SETTINGS = ("members", "member_runs")
 
@@ -185,12 +187,16 @@ class Ensemble(Backend):
         except DataError as exc:
             log.warning("ensemble: no re-ranker (%s)", exc)
             return blend_f1
-        self.trees, self.label_stats = trees, stats
         held_out_scores = scatter(order, held_out, len(self.labels))
-        self._held_out = (texts_digest(texts), held_out_scores)
         f1 = choose_threshold(truth, held_out_scores, keep_top=True)[1]
         log.info("re-ranker: %d trees on the top %d of %d validation patents; validation F1 (out of fold) "
                  "%.4f, blend %.4f", trees.feature.shape[0], order.shape[1], len(texts), f1, blend_f1)
+        if f1 <= blend_f1 + float(self.params["rerank_min_gain"]):
+            log.warning("ensemble: the re-ranker does not beat the blend on validation (out of fold) by "
+                        "rerank_min_gain=%s; the plain blend is kept", self.params["rerank_min_gain"])
+            return blend_f1
+        self.trees, self.label_stats = trees, stats
+        self._held_out = (texts_digest(texts), held_out_scores)
         return f1
 
     def member_scores(self, texts: Sequence[str]) -> list["np.ndarray"]:
