@@ -24,7 +24,7 @@ once, one tree level per step: a patent's 30 candidates take about a millisecond
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ class Trees:
     missing_left: "np.ndarray"
     value: "np.ndarray"
     baseline: float
+    _matrices: "tuple[np.ndarray, ...] | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
     def fit(cls, x: "np.ndarray", y: "np.ndarray", seed: int = 0) -> "Trees":
@@ -163,29 +164,76 @@ class Trees:
                    pad("right", np.int32), pad("is_leaf", bool), pad("missing_go_to_left", bool), pad("value", np.float64),
                    float(np.ravel(model._baseline_prediction)[0]))
 
-    def predict(self, x: "np.ndarray", chunk: int = 2048) -> "np.ndarray":
-        """P(candidate is a true label) for feature rows (rows, columns): all trees step down one level at
-        once, ``chunk`` rows at a time (a (trees, chunk) array of node ids per step)."""
+    def _paths(self) -> tuple["np.ndarray", ...]:
+        """The trees as matrices (built once): per tree its split nodes (feature, threshold, NaN side),
+        ``turns`` (split node x leaf: +1 where the leaf lies left of the node, -1 right, 0 off its path),
+        the number of left turns to each leaf and each leaf's value. A row reaches the leaf whose left
+        turns it takes all of, and no right turn the wrong way (``GEMM`` tree evaluation)."""
         import numpy as np
 
-        x = np.asarray(x, dtype=np.float64)
-        n_trees, width = self.feature.shape
-        flat = {k: getattr(self, k).ravel() for k in ("feature", "threshold", "left", "right", "leaf", "missing_left")}
-        start = (np.arange(n_trees) * width)[:, None]
+        if self._matrices is not None:
+            return self._matrices
+        n_trees = self.feature.shape[0]
+        splits = [np.flatnonzero(~self.leaf[t] & (np.arange(self.leaf.shape[1]) < self._size(t))) for t in range(n_trees)]
+        leaves = [np.flatnonzero(self.leaf[t] & (np.arange(self.leaf.shape[1]) < self._size(t))) for t in range(n_trees)]
+        k, m = max(1, max(map(len, splits))), max(map(len, leaves))
+        feature = np.zeros((n_trees, k), dtype=np.int64)
+        threshold = np.full((n_trees, k), np.inf)
+        missing_left = np.zeros((n_trees, k), dtype=bool)
+        turns = np.zeros((n_trees, k, m), dtype=np.float32)
+        lefts = np.full((n_trees, m), -1.0, dtype=np.float32)  # padding leaves: unreachable
+        value = np.zeros((n_trees, m))
+        for t in range(n_trees):
+            split_col = {node: j for j, node in enumerate(splits[t])}
+            feature[t, : len(splits[t])] = self.feature[t, splits[t]]
+            threshold[t, : len(splits[t])] = self.threshold[t, splits[t]]
+            missing_left[t, : len(splits[t])] = self.missing_left[t, splits[t]]
+            for j, leaf in enumerate(leaves[t]):
+                value[t, j] = self.value[t, leaf]
+                lefts[t, j] = 0
+            stack = [(0, [])]  # (node, [(split column, went left)])
+            while stack:
+                node, path = stack.pop()
+                if self.leaf[t, node]:
+                    j = int(np.flatnonzero(leaves[t] == node)[0])
+                    for col, went_left in path:
+                        turns[t, col, j] = 1.0 if went_left else -1.0
+                    lefts[t, j] = sum(1 for _, went_left in path if went_left)
+                    continue
+                col = split_col[node]
+                stack += [(int(self.left[t, node]), [*path, (col, True)]), (int(self.right[t, node]), [*path, (col, False)])]
+        # One sparse block-diagonal matrix for all trees: (trees x splits, trees x leaves).
+        import scipy.sparse as sp
+
+        blocks = sp.block_diag([sp.csr_matrix(turns[t]) for t in range(n_trees)], format="csr")
+        self._matrices = (feature.ravel(), threshold.ravel(), missing_left.ravel(), blocks, lefts.ravel(),
+                          value.ravel())
+        return self._matrices
+
+    def _size(self, t: int) -> int:
+        """Nodes in tree ``t`` (the rest of its row is padding): one past the deepest child index."""
+        import numpy as np
+
+        internal = ~self.leaf[t]
+        reach = np.concatenate([self.left[t][internal], self.right[t][internal], [0]])
+        return int(reach.max()) + 1
+
+    def predict(self, x: "np.ndarray", chunk: int = 1024) -> "np.ndarray":
+        """P(candidate is a true label) for feature rows (rows, columns), ``chunk`` rows at a time: every
+        split of every tree is compared at once, and one sparse matrix product finds each tree's leaf."""
+        import numpy as np
+
+        feature, threshold, missing_left, turns, lefts, value = self._paths()
+        x = np.asarray(x)
         raw = np.full(len(x), self.baseline)
         for lo in range(0, len(x), chunk):
-            part = x[lo : lo + chunk]
-            cols = np.arange(len(part))[None, :]
-            node = np.broadcast_to(start, (n_trees, len(part))).copy()  # flat index of each tree's current node
-            for _ in range(width):
-                done = flat["leaf"][node]
-                if done.all():
-                    break
-                value = part[cols, flat["feature"][node]]
-                go_left = np.where(np.isnan(value), flat["missing_left"][node], value <= flat["threshold"][node])
-                child = np.where(go_left, flat["left"][node], flat["right"][node])
-                node = np.where(done, node, start + child)
-            raw[lo : lo + chunk] += self.value.ravel()[node].sum(axis=0)
+            part = x[lo : lo + chunk][:, feature]  # (rows, trees x splits); compared in float64 as sklearn does
+            left = part <= threshold[None]
+            missing = np.isnan(part)
+            if missing.any():
+                left = np.where(missing, missing_left[None], left)
+            reached = np.asarray((turns.T @ left.T.astype(np.float32)).T) == lefts[None]  # (rows, trees x leaves)
+            raw[lo : lo + chunk] += reached.astype(np.float64) @ value
         return 1.0 / (1.0 + np.exp(-raw))
 
     @property
