@@ -17,8 +17,9 @@ The trees are fitted on validation (the members never trained on it); the scores
 chosen on are out-of-fold (:func:`fit_out_of_fold`), because trees score their own training rows too
 well. Labels outside a patent's ``depth`` candidates score 0.
 
-The trees travel as plain arrays (safetensors, no pickle) and are evaluated here in numpy, all trees at
-once, one tree level per step: a patent's 30 candidates take about a millisecond.
+The trees travel as plain arrays (safetensors, no pickle) and are evaluated here in numpy: every split
+of every tree compared at once, then one sparse matrix product finds each tree's leaf (1.4 ms per patent
+at batch 600, 1.7 ms for one patent alone, against about 45 ms for the members' own pass).
 """
 
 from __future__ import annotations
