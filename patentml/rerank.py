@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,7 +143,7 @@ class Trees:
     missing_left: "np.ndarray"
     value: "np.ndarray"
     baseline: float
-    _matrices: "tuple[np.ndarray, ...] | None" = field(default=None, repr=False, compare=False)
+    _matrices: "tuple[Any, ...] | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
     def fit(cls, x: "np.ndarray", y: "np.ndarray", seed: int = 0) -> "Trees":
@@ -162,62 +162,48 @@ class Trees:
 
         # Padding nodes are never reached: every left/right index points at a node of its own tree.
         return cls(pad("feature_idx", np.int32), pad("num_threshold", np.float64), pad("left", np.int32),
-                   pad("right", np.int32), pad("is_leaf", bool), pad("missing_go_to_left", bool), pad("value", np.float64),
+                   pad("right", np.int32), pad("is_leaf", bool), pad("missing_go_to_left", bool),
+                   pad("value", np.float64),
                    float(np.ravel(model._baseline_prediction)[0]))
 
-    def _paths(self) -> tuple["np.ndarray", ...]:
-        """The trees as matrices (built once): per tree its split nodes (feature, threshold, NaN side),
-        ``turns`` (split node x leaf: +1 where the leaf lies left of the node, -1 right, 0 off its path),
-        the number of left turns to each leaf and each leaf's value. A row reaches the leaf whose left
-        turns it takes all of, and no right turn the wrong way (``GEMM`` tree evaluation)."""
+    def _paths(self) -> tuple[Any, ...]:
+        """The trees as matrices (built once, from each root down): every split node's feature, threshold
+        and side for missing values, and ``turns`` (split node x leaf: +1 where the leaf lies left of the
+        node, -1 right, 0 off its path). A row reaches the leaf where ``left decisions @ turns`` equals the
+        leaf's number of left turns: it took every left turn on the path and no right turn the wrong way."""
         import numpy as np
+        import scipy.sparse as sp
 
         if self._matrices is not None:
             return self._matrices
-        n_trees = self.feature.shape[0]
-        splits = [np.flatnonzero(~self.leaf[t] & (np.arange(self.leaf.shape[1]) < self._size(t))) for t in range(n_trees)]
-        leaves = [np.flatnonzero(self.leaf[t] & (np.arange(self.leaf.shape[1]) < self._size(t))) for t in range(n_trees)]
-        k, m = max(1, max(map(len, splits))), max(map(len, leaves))
-        feature = np.zeros((n_trees, k), dtype=np.int64)
-        threshold = np.full((n_trees, k), np.inf)
-        missing_left = np.zeros((n_trees, k), dtype=bool)
-        turns = np.zeros((n_trees, k, m), dtype=np.float32)
-        lefts = np.full((n_trees, m), -1.0, dtype=np.float32)  # padding leaves: unreachable
-        value = np.zeros((n_trees, m))
-        for t in range(n_trees):
-            split_col = {node: j for j, node in enumerate(splits[t])}
-            feature[t, : len(splits[t])] = self.feature[t, splits[t]]
-            threshold[t, : len(splits[t])] = self.threshold[t, splits[t]]
-            missing_left[t, : len(splits[t])] = self.missing_left[t, splits[t]]
-            for j, leaf in enumerate(leaves[t]):
-                value[t, j] = self.value[t, leaf]
-                lefts[t, j] = 0
-            stack = [(0, [])]  # (node, [(split column, went left)])
+        feature, threshold, missing_left, blocks, lefts, value = [], [], [], [], [], []
+        for t in range(self.feature.shape[0]):
+            splits: list[int] = []
+            leaves: list[tuple[int, tuple[tuple[int, bool], ...]]] = []
+            stack: list[tuple[int, tuple[tuple[int, bool], ...]]] = [(0, ())]
             while stack:
                 node, path = stack.pop()
                 if self.leaf[t, node]:
-                    j = int(np.flatnonzero(leaves[t] == node)[0])
-                    for col, went_left in path:
-                        turns[t, col, j] = 1.0 if went_left else -1.0
-                    lefts[t, j] = sum(1 for _, went_left in path if went_left)
+                    leaves.append((node, path))
                     continue
-                col = split_col[node]
-                stack += [(int(self.left[t, node]), [*path, (col, True)]), (int(self.right[t, node]), [*path, (col, False)])]
-        # One sparse block-diagonal matrix for all trees: (trees x splits, trees x leaves).
-        import scipy.sparse as sp
-
-        blocks = sp.block_diag([sp.csr_matrix(turns[t]) for t in range(n_trees)], format="csr")
-        self._matrices = (feature.ravel(), threshold.ravel(), missing_left.ravel(), blocks, lefts.ravel(),
-                          value.ravel())
+                col = len(splits)
+                splits.append(node)
+                stack += [(int(self.left[t, node]), (*path, (col, True))),
+                          (int(self.right[t, node]), (*path, (col, False)))]
+            turns = np.zeros((len(splits), len(leaves)), dtype=np.float32)
+            for j, (_, path) in enumerate(leaves):
+                for col, went_left in path:
+                    turns[col, j] = 1.0 if went_left else -1.0
+            feature.append(self.feature[t, splits])
+            threshold.append(self.threshold[t, splits])
+            missing_left.append(self.missing_left[t, splits])
+            blocks.append(sp.csr_matrix(turns))
+            lefts.append([sum(went_left for _, went_left in path) for _, path in leaves])
+            value.append(self.value[t, [node for node, _ in leaves]])
+        self._matrices = (np.concatenate(feature).astype(np.int64), np.concatenate(threshold),
+                          np.concatenate(missing_left), sp.block_diag(blocks, format="csr"),
+                          np.concatenate(lefts).astype(np.float32), np.concatenate(value))
         return self._matrices
-
-    def _size(self, t: int) -> int:
-        """Nodes in tree ``t`` (the rest of its row is padding): one past the deepest child index."""
-        import numpy as np
-
-        internal = ~self.leaf[t]
-        reach = np.concatenate([self.left[t][internal], self.right[t][internal], [0]])
-        return int(reach.max()) + 1
 
     def predict(self, x: "np.ndarray", chunk: int = 1024) -> "np.ndarray":
         """P(candidate is a true label) for feature rows (rows, columns), ``chunk`` rows at a time: every
@@ -239,7 +225,9 @@ class Trees:
 
     @property
     def n_nodes(self) -> int:
-        return int((~self.leaf).sum() + self.leaf.shape[0])
+        """Split nodes and leaves of all trees (a binary tree of s splits has s + 1 leaves)."""
+        splits = len(self._paths()[0])
+        return 2 * splits + self.feature.shape[0]
 
     def arrays(self) -> dict[str, "np.ndarray"]:
         import numpy as np

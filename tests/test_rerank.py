@@ -71,6 +71,9 @@ def test_trees_predict_as_scikit_learn_does_and_travel_as_arrays() -> None:
     assert np.allclose(trees.predict(probe, chunk=64), sk.predict_proba(probe)[:, 1], atol=1e-12)
     again = Trees.from_arrays(trees.arrays())
     assert np.array_equal(again.predict(probe), trees.predict(probe))
+    # Nothing to split on: every tree is one leaf, and the prediction is the training rate.
+    flat = Trees.fit(np.zeros((200, 2)), np.arange(200) % 4 == 0, seed=0)
+    assert (flat.left == 0).all() and np.allclose(flat.predict(np.zeros((3, 2))), 0.25)
 
 
 def test_out_of_fold_scores_come_from_trees_that_never_saw_the_row() -> None:
@@ -129,7 +132,7 @@ def test_the_rule_is_chosen_on_out_of_fold_scores(reranked) -> None:  # type: ig
 
 @pytest.mark.parametrize("params, why", [({}, "60 validation patents < rerank_min_patents=100"),
                                           ({"rerank_min_patents": 20}, "the blend's validation F1 is 1.0")])
-def test_the_plain_blend_is_kept_when_reranking_cannot_help(params, why, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_plain_blend_is_kept_when_reranking_cannot_help(params, why, tmp_path):  # type: ignore[no-untyped-def]
     tf = fit_in_memory("tfidf", tmp_path / "tf", {"min_df": 1})
     svm = fit_in_memory("tfidf-svm", tmp_path / "svm", {"min_df": 1})
     ens = fit_in_memory("ensemble", tmp_path / "ens", params, members=[(11, tf), (12, svm)])
