@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from patentml.exceptions import ConfigError, DataError
+from patentml.sentence import text_hash
 from patentml.variants.base import Backend, Corpus, EpochLog, FitContext, collect, load_backend
 
 if TYPE_CHECKING:
@@ -26,16 +27,6 @@ log = logging.getLogger(__name__)
 
 ENSEMBLE_FILE = "ensemble.json"
 RERANK_FILE = "rerank.safetensors"
-
-
-def texts_digest(texts: Sequence[str]) -> str:
-    """One hash of a list of texts, in order."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()
 
 
 def simplex_grid(n: int, step: float) -> list[tuple[float, ...]]:
@@ -155,12 +146,13 @@ class Ensemble(Backend):
         scores = [m.predict_scores(texts) for m in members]
         chosen, weights, f1 = select_members(truth, scores, float(self.params["weight_step"]),
                                              int(self.params["max_members"]), float(self.params["min_gain"]))
-        self.members = [members[i] for i in chosen]
-        self.member_runs = [runs[i] for i in chosen]
-        self.weights = weights
+        kept = [(i, w) for i, w in zip(chosen, weights) if w > 0]  # a member without weight takes no part
+        self.members = [members[i] for i, _ in kept]
+        self.member_runs = [runs[i] for i, _ in kept]
+        self.weights = [w for _, w in kept]
         log.info("ensemble of runs %s: weights %s (validation F1 %.4f)", self.member_runs, self.weights, f1)
         if self.params["rerank"]:
-            f1 = self._fit_reranker(train, texts, truth, [scores[i] for i in chosen], ctx.seed, f1)
+            f1 = self._fit_reranker(train, texts, truth, [scores[i] for i, _ in kept], ctx.seed, f1)
         seconds = time.perf_counter() - started
         ctx.on_epoch(EpochLog(1, None, None, f1, None, seconds, None))
 
@@ -179,8 +171,7 @@ class Ensemble(Backend):
             return blend_f1
         _, _, train_labels = collect(train)
         stats = LabelStats.from_labels(multi_hot(train_labels, self.labels) > 0, self.labels)
-        scores = [s for s, w in zip(scores, self.weights) if w > 0]  # the members that travel
-        blend = sum(w * s for w, s in zip([w for w in self.weights if w > 0], scores))
+        blend = sum(w * s for w, s in zip(self.weights, scores))
         order, features = candidate_features(scores, blend, stats, int(self.params["rerank_depth"]))
         candidates = np.take_along_axis(truth, order, axis=1).reshape(-1)
         try:
@@ -197,16 +188,15 @@ class Ensemble(Backend):
                         "rerank_min_gain=%s; the plain blend is kept", self.params["rerank_min_gain"])
             return blend_f1
         self.trees, self.label_stats = trees, stats
-        self._held_out = (texts_digest(texts), held_out_scores)
+        self._held_out = (text_hash("\0".join(texts)), held_out_scores)
         return f1
 
     def member_scores(self, texts: Sequence[str]) -> list["np.ndarray"]:
-        """The scores of each member that has weight, in member order."""
+        """The scores of each member, in member order."""
         out = []
-        for w, m in zip(self.weights, self.members):
-            if w > 0:
-                m.embedding_cache = self.embedding_cache
-                out.append(m.predict_scores(texts))
+        for m in self.members:
+            m.embedding_cache = self.embedding_cache
+            out.append(m.predict_scores(texts))
         return out
 
     def predict_scores(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
@@ -217,7 +207,7 @@ class Ensemble(Backend):
         import numpy as np
 
         n = len(scores[0]) if scores else 0
-        blend = sum((w * s for w, s in zip([w for w in self.weights if w > 0], scores)),
+        blend = sum((w * s for w, s in zip(self.weights, scores)),
                     np.zeros((n, len(self.labels)), dtype=np.float32))
         if self.trees is None or self.label_stats is None or not n:
             return blend, blend
@@ -227,7 +217,7 @@ class Ensemble(Backend):
         return blend, scatter(order, self.trees.predict(features), len(self.labels))
 
     def rule_scores(self, texts: Sequence[str]) -> "np.ndarray":
-        if self._held_out is not None and self._held_out[0] == texts_digest(texts):
+        if self._held_out is not None and self._held_out[0] == text_hash("\0".join(texts)):
             return self._held_out[1]
         return self.predict_scores(texts)
 
@@ -236,11 +226,10 @@ class Ensemble(Backend):
         """Each member's weight, its score for the label and its own reasons; ``blend_score`` is the sum of
         weight x score over the members, ``score`` the label's final score (the re-ranker's, when there is one)."""
         index = {label: j for j, label in enumerate(self.labels)}
-        members = [m for w, m in zip(self.weights, self.members) if w > 0]
-        weights = [w for w in self.weights if w > 0]
         scores = self.member_scores(texts)
         blend, final = self.combine(scores)
-        parts = [(w, m, s, m.explain(texts, labels_per_text, top_n)) for w, m, s in zip(weights, members, scores)]
+        parts = [(w, m, s, m.explain(texts, labels_per_text, top_n))
+                 for w, m, s in zip(self.weights, self.members, scores)]
         return [{label: {"method": "blend", "reranked": self.trees is not None,
                          "blend_score": round(float(blend[i, index[label]]), 4),
                          "score": round(float(final[i, index[label]]), 4), "members": [
@@ -250,13 +239,11 @@ class Ensemble(Backend):
 
     def n_params(self) -> int:
         trees = self.trees.n_nodes if self.trees is not None else 0
-        return trees + sum(m.n_params() for m, w in zip(self.members, self.weights) if w > 0)
+        return trees + sum(m.n_params() for m in self.members)
 
     def _save(self, folder: Path) -> None:
         kept = []
         for i, (m, w, run_id) in enumerate(zip(self.members, self.weights, self.member_runs)):
-            if w <= 0:
-                continue  # a member with no weight does not travel
             sub = folder / f"member_{i}"
             m.save(sub)
             kept.append({"folder": sub.name, "weight": w, "run_id": run_id, "backend": m.name})
