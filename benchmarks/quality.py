@@ -30,11 +30,11 @@ VARIANTS = "tfidf-svm-full,embed-linear-full,embed-knn-full,glove-wbce-full"
 IPC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 
-def relative_rule(scores: np.ndarray, threshold: float, ratio: float) -> np.ndarray:
+def relative_rule(threshold: float, ratio: float) -> Any:
     """Labels at or above ``threshold`` or ``ratio`` x the patent's top score, the top label always."""
-    from patentml.decision import decide
+    from patentml.decision import DecisionRule
 
-    return decide(scores, threshold, keep_top=True, top_ratio=ratio)
+    return DecisionRule(threshold=threshold, keep_top=True, top_ratio=ratio)
 
 
 def choose(truth: np.ndarray, scores: np.ndarray, ratios: tuple[float, ...]) -> tuple[float, float, float]:
@@ -50,26 +50,18 @@ def choose(truth: np.ndarray, scores: np.ndarray, ratios: tuple[float, ...]) -> 
     return best
 
 
-def f1_of(truth: np.ndarray, scores: np.ndarray, t: float, r: float) -> float:
+def f1_of(truth: np.ndarray, scores: np.ndarray, rule: Any) -> float:
     from patentml.metrics import example_prf
 
-    return example_prf(truth, relative_rule(scores, t, r))["f1"]
+    return example_prf(truth, rule.apply(scores))["f1"]
 
 
-def report(truth: np.ndarray, scores: np.ndarray, t: float, r: float) -> str:
+def report(truth: np.ndarray, scores: np.ndarray, rule: Any) -> str:
+    """F1 under ``rule`` (a DecisionRule), P@1 and R@5 (which no rule changes)."""
     from patentml.metrics import at_k
 
     ranked = at_k(truth, scores, ks=(1, 5))
-    return f"{100 * f1_of(truth, scores, t, r):5.1f} | {100 * ranked['p@1']:5.1f} | {100 * ranked['r@5']:5.1f}"
-
-
-def report_rule(truth: np.ndarray, scores: np.ndarray, rule: Any) -> str:
-    """Like :func:`report`, under a run's own stored decision rule."""
-    from patentml.metrics import at_k, example_prf
-
-    ranked = at_k(truth, scores, ks=(1, 5))
-    return (f"{100 * example_prf(truth, rule.apply(scores))['f1']:5.1f} | {100 * ranked['p@1']:5.1f} | "
-            f"{100 * ranked['r@5']:5.1f}")
+    return f"{100 * f1_of(truth, scores, rule):5.1f} | {100 * ranked['p@1']:5.1f} | {100 * ranked['r@5']:5.1f}"
 
 
 def knn_ipc_scores(backend: Any, texts: list[str], ipc_rows: np.ndarray, weight: float) -> np.ndarray:
@@ -94,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     from patentml.db.engine import get_engine
     from patentml.embedcache import PgEmbeddingCache
     from patentml.labels import multi_hot
-    from patentml.metrics import example_prf
     from patentml.runstore import run_artifact
     from patentml.settings import get_settings
     from patentml.splits import iter_split, latest_snapshot
@@ -131,19 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| lever | chosen on | choice | test-CPC F1 | P@1 | R@5 | test-all F1 |")
     print("|---|---|---|---:|---:|---:|---:|")
 
-    def row(name: str, on: str, choice: str, s_test: np.ndarray, t: float, r: float) -> None:
-        print(f"| {name} | {on} | {choice} | {report(tt[ct], s_test[ct], t, r)} | "
-              f"{100 * f1_of(tt, s_test, t, r):5.1f} |", flush=True)
+    def row(name: str, on: str, choice: str, s_test: np.ndarray, rule: Any) -> None:
+        print(f"| {name} | {on} | {choice} | {report(tt[ct], s_test[ct], rule)} | "
+              f"{100 * f1_of(tt, s_test, rule):5.1f} |", flush=True)
 
     for name, backend in as_trained.items():
-        rule = backend.decision
-        print(f"| {name} ({backend.name}{', re-ranked' if getattr(backend, 'trees', None) else ''}) | all | "
-              f"{describe_rule(rule)} | {report_rule(tt[ct], st[name][ct], rule)} | "
-              f"{100 * example_prf(tt, rule.apply(st[name]))['f1']:5.1f} |", flush=True)
+        row(f"{name} ({backend.name}{', re-ranked' if getattr(backend, 'trees', None) else ''})", "all",
+            describe_rule(backend.decision), st[name], backend.decision)
     for v in backends:
         for on, mask in (("all", slice(None)), ("CPC", cv)):
             t, _, _ = choose(tv[mask], sv[v][mask], (0.0,))
-            row(v, on, f"t={t:.2f}", st[v], t, 0.0)
+            row(v, on, f"t={t:.2f}", st[v], relative_rule(t, 0.0))
     names = list(backends)
     for on, mask in (("all", slice(None)), ("CPC", cv)):
         chosen, weights, _ = select_members(tv[mask], [sv[n][mask] for n in names], 0.1, 4, 0.001)
@@ -152,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         desc = " + ".join(f"{w:.1f} {names[i]}" for i, w in zip(chosen, weights))
         for ratios, what in (((0.0,), "threshold"), (TOP_RATIOS, "threshold or r x top")):
             t, r, _ = choose(tv[mask], blend_v[mask], ratios)
-            row(f"blend, {what}", on, f"{desc}; t={t:.2f} r={r:.1f}", blend_t, t, r)
+            row(f"blend, {what}", on, f"{desc}; t={t:.2f} r={r:.1f}", blend_t, relative_rule(t, r))
     if "embed-knn-full" in backends:
         knn = backends["embed-knn-full"]
         ipc_rows = np.array([scheme.get(pid) == "IPC" for pid in knn.memory_ids])
         for w in IPC_WEIGHTS:
             kv, kt = knn_ipc_scores(knn, textv, ipc_rows, w), knn_ipc_scores(knn, textt, ipc_rows, w)
             t, _, _ = choose(tv[cv], kv[cv], (0.0,))
-            row("kNN, IPC votes x w", "CPC", f"w={w:.2f}; t={t:.2f}", kt, t, 0.0)
+            row("kNN, IPC votes x w", "CPC", f"w={w:.2f}; t={t:.2f}", kt, relative_rule(t, 0.0))
     return 0
 
 
