@@ -29,7 +29,6 @@ Database and store come from the Connections `patentml_db` / `patentml_s3`, else
 
 from __future__ import annotations
 
-
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
 from patentml_airflow.config import PATENTS_ASSET_NAME, PATENTS_ASSET_URI, DagConfig

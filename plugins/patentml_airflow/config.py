@@ -8,7 +8,6 @@ registry in ``patentml.variants``, which loads no ML library: this runs every ti
 from __future__ import annotations
 
 import datetime as dt
-
 import os
 import re
 from dataclasses import dataclass
