@@ -23,8 +23,6 @@ from tests.test_promote import champion, clone_run, trained  # noqa: F401 (fixtu
 from tests.test_sql_docs import BLOCKS, run_sql
 
 
-
-
 def _cli(settings: Settings, *args: str) -> list[str]:
     return ["--database-url", settings.database_url or "", "--home", str(settings.home),
             "--store-uri", settings.store_uri or "", *args]
